@@ -1,0 +1,13 @@
+// core/clock: wall-clock time for message timestamps.
+#include <chrono>
+
+#include "core/clock.h"
+
+namespace meshd::core {
+
+int64_t wall_ms() {
+    using namespace std::chrono;
+    return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+} // namespace meshd::core

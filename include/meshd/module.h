@@ -1,0 +1,211 @@
+/*
+ * meshd/module.h: the public C ABI between meshd and its dlopen modules.
+ *
+ * This is the only public header of meshd. A module is a shared object that exports
+ *
+ *     int meshd_module_abi(const int *host_abis, int n);
+ *     const meshd_module *meshd_module_get(int abi);
+ *
+ * meshd calls meshd_module_abi() with the ABI numbers it can host; the module answers the one
+ * it was built for (or -1), and meshd_module_get() returns its descriptor for that number.
+ * A file that exports neither, or answers -1, is refused with a message naming the file.
+ *
+ * Rules that keep the boundary safe across compilers and standard libraries:
+ * - plain C types only: fixed-width integers, pointer + length strings (not NUL-terminated
+ *   unless said so), opaque handles with accessor functions;
+ * - structs only grow into their reserved slots, which meshd sets to zero;
+ * - strings meshd hands to a hook are valid for the duration of that call only;
+ * - every hook runs on meshd's loop thread and must not block. Blocking work goes to
+ *   meshd_host_run_job(), whose completion runs back on the loop thread;
+ * - no C++ exception may leave a hook.
+ *
+ * MESHD_MODULE_ABI is 0 while the ABI is unstable: a module built against ABI 0 is only
+ * loaded by a meshd of the same version. Once the out-of-tree example module builds against
+ * the installed header, the ABI becomes 1 and is frozen.
+ */
+#ifndef MESHD_MODULE_H
+#define MESHD_MODULE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MESHD_MODULE_ABI 0
+
+#if defined(__GNUC__)
+#define MESHD_EXPORT __attribute__((visibility("default")))
+#else
+#define MESHD_EXPORT
+#endif
+
+/* Opaque handles; use the meshd_host_*() functions below. */
+typedef struct meshd_host meshd_host;
+typedef struct meshd_route_out meshd_route_out;
+
+/* What a hook decides. PASS: not mine, ask the next module. */
+typedef enum meshd_verdict {
+    MESHD_PASS = 0,
+    MESHD_ALLOW = 1,
+    MESHD_DENY = 2
+} meshd_verdict;
+
+typedef enum meshd_log_level {
+    MESHD_LOG_DEBUG = 0,
+    MESHD_LOG_INFO = 1,
+    MESHD_LOG_WARN = 2,
+    MESHD_LOG_ERROR = 3
+} meshd_log_level;
+
+typedef enum meshd_principal_kind {
+    MESHD_KIND_USER = 0,
+    MESHD_KIND_AGENT = 1
+} meshd_principal_kind;
+
+/* ---- auth: a hello (or auth) frame arrived -------------------------------------------- */
+typedef struct meshd_auth_request {
+    const char *token; size_t token_len;         /* hello.token or the Bearer header; may be 0 */
+    const char *claimed_id; size_t claimed_id_len; /* hello.id, case-folded; may be 0 */
+    const char *device; size_t device_len;
+    const char *remote_addr; size_t remote_addr_len;
+    void *reserved[8];
+} meshd_auth_request;
+
+/* On MESHD_ALLOW the module writes the principal name (NUL-terminated) into principal.
+ * On MESHD_DENY it may point message at a NUL-terminated text that lives until the next call. */
+typedef struct meshd_auth_result {
+    char principal[72];
+    const char *message;
+    void *reserved[8];
+} meshd_auth_result;
+
+typedef meshd_verdict (*meshd_auth_cb)(void *state, const meshd_auth_request *req,
+                                       meshd_auth_result *out);
+
+/* ---- route: a send names a target ------------------------------------------------------ */
+typedef struct meshd_route_request {
+    const char *sender; size_t sender_len;
+    const char *to; size_t to_len;               /* as the client wrote it */
+    void *reserved[8];
+} meshd_route_request;
+
+/* On MESHD_ALLOW the module has added at least one recipient with meshd_route_add().
+ * On MESHD_DENY it sets code (a contract error code such as "unknown_peer" or "forbidden")
+ * and message, both NUL-terminated and living until the next call. */
+typedef struct meshd_route_result {
+    const char *code;
+    const char *message;
+    void *reserved[8];
+} meshd_route_result;
+
+typedef meshd_verdict (*meshd_route_cb)(void *state, const meshd_route_request *req,
+                                        meshd_route_out *recipients, meshd_route_result *out);
+
+/* ---- check: before storing a send ------------------------------------------------------ */
+typedef struct meshd_check_request {
+    const char *sender; size_t sender_len;
+    const char *to; size_t to_len;
+    const char *body; size_t body_len;           /* the body's JSON text */
+    size_t recipients;
+    void *reserved[8];
+} meshd_check_request;
+
+/* MESHD_DENY: set code and message as for route. retry_after_ms > 0 is passed to the client. */
+typedef struct meshd_check_result {
+    const char *code;
+    const char *message;
+    uint32_t retry_after_ms;
+    void *reserved[8];
+} meshd_check_result;
+
+typedef meshd_verdict (*meshd_check_cb)(void *state, const meshd_check_request *req,
+                                        meshd_check_result *out);
+
+/* ---- stored: after commit, once per recipient ------------------------------------------ */
+typedef struct meshd_stored_event {
+    const char *recipient; size_t recipient_len;
+    const char *sender; size_t sender_len;
+    int64_t seq;                                  /* in the recipient's log */
+    int has_live_device;
+    void *reserved[8];
+} meshd_stored_event;
+
+typedef void (*meshd_stored_cb)(void *state, const meshd_stored_event *ev);
+
+/* ---- connect / disconnect: a session became ready / ended ------------------------------ */
+typedef struct meshd_session_event {
+    const char *principal; size_t principal_len;
+    const char *device; size_t device_len;
+    const char *session; size_t session_len;
+    meshd_principal_kind kind;
+    void *reserved[8];
+} meshd_session_event;
+
+typedef void (*meshd_session_cb)(void *state, const meshd_session_event *ev);
+
+typedef void (*meshd_tick_cb)(void *state, int64_t now_ms);
+/* reload: the module's table was re-read; return 0 if applied, non-zero to keep the old one. */
+typedef int (*meshd_reload_cb)(void *state);
+
+/* ---- the descriptor -------------------------------------------------------------------- */
+typedef struct meshd_module {
+    int abi;                     /* MESHD_MODULE_ABI the module was built against */
+    const char *name;            /* NUL-terminated; should equal the file's base name */
+    const char *version;         /* NUL-terminated */
+    /* init: return 0 and set *state, or non-zero after logging why (meshd refuses to start). */
+    int (*init)(meshd_host *host, void **state);
+    void (*fini)(void *state);
+    meshd_auth_cb auth;
+    meshd_route_cb route;
+    meshd_check_cb check;
+    meshd_stored_cb stored;
+    meshd_session_cb connect;
+    meshd_session_cb disconnect;
+    meshd_tick_cb tick;
+    meshd_reload_cb reload;
+    void *reserved[16];          /* future hooks (http, control, ...); zero */
+} meshd_module;
+
+/* Exported by every module. */
+MESHD_EXPORT int meshd_module_abi(const int *host_abis, int n);
+MESHD_EXPORT const meshd_module *meshd_module_get(int abi);
+
+/* ---- host calls (exported by the meshd executable) ------------------------------------- */
+
+/* Log one event line: level=... module=NAME event=EVENT MESSAGE. */
+void meshd_host_log(meshd_host *host, meshd_log_level level, const char *event,
+                    const char *message);
+
+/* The module's TOML table [NAME] as flat look-ups. Return 0 and set *out if the key is
+ * present with that type, 1 if absent, -1 if present with another type. */
+int meshd_host_config_int(meshd_host *host, const char *key, int64_t *out);
+int meshd_host_config_bool(meshd_host *host, const char *key, int *out);
+/* The string is valid until the next reload. */
+int meshd_host_config_string(meshd_host *host, const char *key, const char **out, size_t *len);
+
+/* Does a live (not deleted) principal of this name exist? 1 yes, 0 no. kind may be NULL. */
+int meshd_host_principal_exists(meshd_host *host, const char *name, size_t len,
+                                meshd_principal_kind *kind);
+
+/* Verify a bearer token against the stored keyed hashes. On success writes the principal's
+ * NUL-terminated name into out (size out_size) and returns 0; returns -1 if unknown. */
+int meshd_host_token_verify(meshd_host *host, const char *token, size_t len, char *out,
+                            size_t out_size);
+
+/* Add a recipient while routing. Returns 0, or -1 if no such principal. */
+int meshd_host_route_add(meshd_route_out *out, const char *principal, size_t len);
+
+/* Milliseconds since the Unix epoch, from the loop's clock. */
+int64_t meshd_host_now_ms(meshd_host *host);
+
+/* Run work() on a helper thread, then done() on the loop thread. Returns 0 if queued. */
+typedef void (*meshd_job_cb)(void *arg);
+int meshd_host_run_job(meshd_host *host, meshd_job_cb work, meshd_job_cb done, void *arg);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MESHD_MODULE_H */

@@ -1,0 +1,63 @@
+// auth_token: bearer-token authentication.
+//
+// A hello carries a token (or the connection sent `Authorization: Bearer <token>`). The
+// module asks meshd to verify it against the stored keyed hashes (meshd_host_token_verify);
+// the secret itself is never compared or logged. A hello without a token is not this
+// module's business (PASS), so a challenge-based module can answer it.
+#include <cstring>
+
+#include "meshd/module.h"
+
+namespace {
+
+meshd_host* g_host = nullptr;
+
+int init(meshd_host* host, void** state) {
+    g_host = host;
+    *state = nullptr;
+    return 0;
+}
+
+void fini(void*) { g_host = nullptr; }
+
+meshd_verdict auth(void*, const meshd_auth_request* req, meshd_auth_result* out) {
+    if (!req->token || req->token_len == 0)
+        return MESHD_PASS;
+    if (meshd_host_token_verify(g_host, req->token, req->token_len, out->principal,
+                                sizeof out->principal) != 0) {
+        out->message = "invalid token";
+        return MESHD_DENY;
+    }
+    // A hello that also names an id must name the token's owner.
+    if (req->claimed_id_len > 0 &&
+        (std::strlen(out->principal) != req->claimed_id_len ||
+         std::memcmp(out->principal, req->claimed_id, req->claimed_id_len) != 0)) {
+        out->message = "the token does not belong to the id in hello";
+        return MESHD_DENY;
+    }
+    return MESHD_ALLOW;
+}
+
+const meshd_module descriptor = [] {
+    meshd_module m{};
+    m.abi = MESHD_MODULE_ABI;
+    m.name = "auth_token";
+    m.version = "0.1.0";
+    m.init = init;
+    m.fini = fini;
+    m.auth = auth;
+    return m;
+}();
+
+} // namespace
+
+extern "C" MESHD_EXPORT int meshd_module_abi(const int* host_abis, int n) {
+    for (int i = 0; i < n; ++i)
+        if (host_abis[i] == MESHD_MODULE_ABI)
+            return MESHD_MODULE_ABI;
+    return -1;
+}
+
+extern "C" MESHD_EXPORT const meshd_module* meshd_module_get(int abi) {
+    return abi == MESHD_MODULE_ABI ? &descriptor : nullptr;
+}

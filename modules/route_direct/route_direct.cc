@@ -1,0 +1,61 @@
+// route_direct: direct messages to one principal.
+//
+// Handles every `to` that is a principal name (case-folded); leaves addresses with a prefix
+// ("#group", "skill:...") to other modules. An unknown name is `unknown_peer`.
+#include <string>
+
+#include "meshd/module.h"
+
+namespace {
+
+meshd_host* g_host = nullptr;
+std::string g_message; // lives until the next call, as the ABI asks
+
+int init(meshd_host* host, void** state) {
+    g_host = host;
+    *state = nullptr;
+    return 0;
+}
+
+void fini(void*) { g_host = nullptr; }
+
+meshd_verdict route(void*, const meshd_route_request* req, meshd_route_out* recipients,
+                    meshd_route_result* out) {
+    std::string name(req->to, req->to_len);
+    if (name.empty() || name[0] == '#' || name.find(':') != std::string::npos)
+        return MESHD_PASS;
+    for (char& c : name)
+        if (c >= 'A' && c <= 'Z')
+            c = static_cast<char>(c - 'A' + 'a');
+    if (meshd_host_route_add(recipients, name.data(), name.size()) != 0) {
+        g_message = "no user or agent named '" + std::string(req->to, req->to_len) + "'";
+        out->code = "unknown_peer";
+        out->message = g_message.c_str();
+        return MESHD_DENY;
+    }
+    return MESHD_ALLOW;
+}
+
+const meshd_module descriptor = [] {
+    meshd_module m{};
+    m.abi = MESHD_MODULE_ABI;
+    m.name = "route_direct";
+    m.version = "0.1.0";
+    m.init = init;
+    m.fini = fini;
+    m.route = route;
+    return m;
+}();
+
+} // namespace
+
+extern "C" MESHD_EXPORT int meshd_module_abi(const int* host_abis, int n) {
+    for (int i = 0; i < n; ++i)
+        if (host_abis[i] == MESHD_MODULE_ABI)
+            return MESHD_MODULE_ABI;
+    return -1;
+}
+
+extern "C" MESHD_EXPORT const meshd_module* meshd_module_get(int abi) {
+    return abi == MESHD_MODULE_ABI ? &descriptor : nullptr;
+}
