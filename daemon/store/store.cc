@@ -1,0 +1,812 @@
+// store/store: SQLite schema, migrations, group commit, the checkpoint helper thread.
+#include "store/store.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <fcntl.h>
+#include <mutex>
+#include <sodium.h>
+#include <sqlite3.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <thread>
+#include <unistd.h>
+
+#include "core/clock.h"
+#include "core/log.h"
+
+namespace meshd::store {
+
+std::string_view to_string(Kind k) { return k == Kind::agent ? "agent" : "user"; }
+
+namespace {
+
+constexpr int schema_version = 1;
+
+// Numbered migrations; migration N brings user_version from N-1 to N. Each runs inside the
+// transaction that also sets user_version, so a crash leaves the old or the new schema.
+const char* const migrations[] = {
+    // 1: the first schema.
+    R"sql(
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE principals(
+    pid INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    deleted_ms INTEGER);
+CREATE UNIQUE INDEX principals_live_name ON principals(name) WHERE deleted_ms IS NULL;
+CREATE TABLE tokens(
+    hash BLOB PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX tokens_pid ON tokens(pid);
+CREATE TABLE messages(
+    mid INTEGER PRIMARY KEY,
+    sender INTEGER NOT NULL,
+    to_text TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    client_id TEXT,
+    fingerprint BLOB,
+    sender_seq INTEGER NOT NULL);
+CREATE UNIQUE INDEX messages_client_id ON messages(sender, client_id)
+    WHERE client_id IS NOT NULL;
+CREATE TABLE log(
+    pid INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    mid INTEGER NOT NULL,
+    PRIMARY KEY(pid, seq)) WITHOUT ROWID;
+CREATE TABLE cursors(
+    pid INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY(pid, device)) WITHOUT ROWID;
+)sql",
+};
+static_assert(sizeof migrations / sizeof migrations[0] == schema_version);
+
+enum Stmt {
+    s_begin,
+    s_commit,
+    s_rollback,
+    s_insert_msg,
+    s_insert_log,
+    s_find_dedupe,
+    s_clear_dedupe,
+    s_upsert_cursor,
+    s_read_page,
+    s_insert_principal,
+    s_delete_principal,
+    s_delete_log_of,
+    s_delete_cursors_of,
+    s_delete_tokens_of,
+    s_insert_token,
+    s_find_token,
+    s_count
+};
+
+const char* const stmt_sql[s_count] = {
+    "BEGIN IMMEDIATE",
+    "COMMIT",
+    "ROLLBACK",
+    "INSERT INTO messages(sender, to_text, ts, body, client_id, fingerprint, sender_seq) "
+    "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    "INSERT INTO log(pid, seq, mid) VALUES(?1, ?2, ?3)",
+    "SELECT mid, ts, fingerprint, sender_seq FROM messages WHERE sender = ?1 AND client_id = ?2",
+    "UPDATE messages SET client_id = NULL WHERE mid = ?1",
+    "INSERT INTO cursors(pid, device, seq, updated_ms) VALUES(?1, ?2, ?3, ?4) "
+    "ON CONFLICT(pid, device) DO UPDATE SET seq = excluded.seq, updated_ms = excluded.updated_ms",
+    "SELECT l.seq, p.name, m.to_text, m.ts, m.body, m.client_id FROM log l "
+    "JOIN messages m ON m.mid = l.mid JOIN principals p ON p.pid = m.sender "
+    "WHERE l.pid = ?1 AND l.seq >= ?2 AND l.seq <= ?3 ORDER BY l.seq LIMIT ?4",
+    "INSERT INTO principals(name, kind, created_ms) VALUES(?1, ?2, ?3)",
+    "UPDATE principals SET deleted_ms = ?2 WHERE pid = ?1",
+    "DELETE FROM log WHERE pid = ?1",
+    "DELETE FROM cursors WHERE pid = ?1",
+    "DELETE FROM tokens WHERE pid = ?1",
+    "INSERT INTO tokens(hash, pid, created_ms) VALUES(?1, ?2, ?3)",
+    "SELECT pid FROM tokens WHERE hash = ?1",
+};
+
+// Resets and clears a statement when the scope ends, so it never pins a read transaction.
+class StmtGuard {
+  public:
+    explicit StmtGuard(sqlite3_stmt* s) : s_(s) {}
+    ~StmtGuard() {
+        sqlite3_reset(s_);
+        sqlite3_clear_bindings(s_);
+    }
+    StmtGuard(const StmtGuard&) = delete;
+    StmtGuard& operator=(const StmtGuard&) = delete;
+
+  private:
+    sqlite3_stmt* s_;
+};
+
+void bind_text(sqlite3_stmt* s, int i, std::string_view v) {
+    sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+}
+
+std::string_view column_text(sqlite3_stmt* s, int i) {
+    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s, i));
+    return p ? std::string_view(p, static_cast<size_t>(sqlite3_column_bytes(s, i)))
+             : std::string_view();
+}
+
+std::string sqlite_message(sqlite3* db) { return db ? sqlite3_errmsg(db) : "out of memory"; }
+
+// Creates `path` with 32 random bytes (mode 0600) if missing, then reads it.
+core::Result<void> load_secret(const std::string& path, unsigned char out[32]) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        unsigned char fresh[32];
+        randombytes_buf(fresh, sizeof fresh);
+        fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0)
+            return core::make_error("internal",
+                                    path + ": cannot create: " + std::strerror(errno));
+        bool ok = ::write(fd, fresh, sizeof fresh) == sizeof fresh && ::fsync(fd) == 0;
+        ::close(fd);
+        sodium_memzero(fresh, sizeof fresh);
+        if (!ok)
+            return core::make_error("internal", path + ": cannot write: " + std::strerror(errno));
+        fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    }
+    if (fd < 0)
+        return core::make_error("internal", path + ": cannot open: " + std::strerror(errno));
+    struct stat st {};
+    ::fstat(fd, &st);
+    ssize_t n = ::read(fd, out, 32);
+    ::close(fd);
+    if (n != 32)
+        return core::make_error("internal", path + ": must hold 32 bytes; restore it from a "
+                                                   "backup (tokens are hashed with it)");
+    if ((st.st_mode & 077) != 0)
+        MESHD_LOG(warn, "store.secret_mode", "file=%s mode=%o message=\"should be 0600\"",
+                  path.c_str(), static_cast<unsigned>(st.st_mode & 0777));
+    return {};
+}
+
+} // namespace
+
+// Runs PASSIVE checkpoints on its own connection, about once a second, so the loop never
+// checkpoints (wal_autocheckpoint=0) and the WAL does not grow without bound.
+class Checkpointer {
+  public:
+    explicit Checkpointer(std::string path) : path_(std::move(path)) {
+        thread_ = std::thread([this] { run(); });
+    }
+    ~Checkpointer() {
+        {
+            std::lock_guard lock(mu_);
+            stop_ = true;
+        }
+        cv_.notify_all();
+        thread_.join();
+    }
+    Checkpointer(const Checkpointer&) = delete;
+    Checkpointer& operator=(const Checkpointer&) = delete;
+
+  private:
+    void run() {
+        sqlite3* db = nullptr;
+        if (sqlite3_open_v2(path_.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                            nullptr) != SQLITE_OK) {
+            MESHD_LOG(error, "store.checkpointer", "file=%s message=%s", path_.c_str(),
+                      core::log_value(sqlite_message(db)).c_str());
+            sqlite3_close_v2(db);
+            return;
+        }
+        std::unique_lock lock(mu_);
+        while (!stop_) {
+            cv_.wait_for(lock, std::chrono::seconds(1));
+            if (stop_)
+                break;
+            lock.unlock();
+            int wal_frames = 0, done = 0;
+            int rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE,
+                                               &wal_frames, &done);
+            if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+                MESHD_LOG(warn, "store.checkpoint_failed", "message=%s",
+                          core::log_value(sqlite3_errmsg(db)).c_str());
+            lock.lock();
+        }
+        lock.unlock();
+        sqlite3_close_v2(db);
+    }
+
+    std::string path_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    bool stop_ = false;
+    std::thread thread_;
+};
+
+Store::Store(StoreOptions options) : options_(std::move(options)) {}
+
+Store::~Store() {
+    checkpointer_.reset();
+    if (in_txn_)
+        sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    for (sqlite3_stmt* s : stmts_)
+        sqlite3_finalize(s);
+    if (db_)
+        sqlite3_close_v2(db_);
+    if (lock_fd_ >= 0)
+        ::close(lock_fd_);
+    sodium_memzero(secret_, sizeof secret_);
+}
+
+core::Result<std::unique_ptr<Store>> Store::open(const StoreOptions& options) {
+    if (sodium_init() < 0)
+        return core::make_error("internal", "libsodium failed to initialise");
+    std::unique_ptr<Store> store(new Store(options));
+    const std::string& dir = options.data_dir;
+    if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST)
+        return core::make_error("internal", dir + ": cannot create data_dir: " +
+                                                std::strerror(errno) +
+                                                " (create it, owned by the meshd user)");
+    std::string lock_path = dir + "/meshd.lock";
+    store->lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (store->lock_fd_ < 0)
+        return core::make_error("internal", lock_path + ": cannot open: " +
+                                                std::strerror(errno) +
+                                                " (is data_dir writable by meshd?)");
+    if (::flock(store->lock_fd_, LOCK_EX | LOCK_NB) != 0)
+        return core::make_error("internal", dir + ": another meshd is using this data_dir");
+    if (auto r = load_secret(dir + "/secret.key", store->secret_); !r)
+        return r.error();
+    store->db_path_ = dir + "/meshd.db";
+    if (auto r = store->open_db(); !r)
+        return r.error();
+    if (auto r = store->migrate(); !r)
+        return r.error();
+    if (auto r = store->prepare_all(); !r)
+        return r.error();
+    if (auto r = store->load(); !r)
+        return r.error();
+    store->checkpointer_ = std::make_unique<Checkpointer>(store->db_path_);
+    return store;
+}
+
+core::Result<void> Store::open_db() {
+    int rc = sqlite3_open_v2(db_path_.c_str(), &db_,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                             nullptr);
+    if (rc != SQLITE_OK)
+        return core::make_error("internal",
+                                db_path_ + ": cannot open database: " + sqlite_message(db_));
+    sqlite3_extended_result_codes(db_, 1);
+    std::string pragmas = "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; "
+                          "PRAGMA temp_store=MEMORY; PRAGMA cache_size=-16384; PRAGMA synchronous=";
+    pragmas += options_.sync == core::SyncMode::full ? "FULL;" : "NORMAL;";
+    char* err = nullptr;
+    rc = sqlite3_exec(db_, pragmas.c_str(), nullptr, nullptr, &err);
+    if (rc != SQLITE_OK) {
+        std::string msg = err ? err : sqlite3_errstr(rc);
+        sqlite3_free(err);
+        if ((rc & 0xff) == SQLITE_NOTADB || (rc & 0xff) == SQLITE_CORRUPT)
+            return core::make_error("internal",
+                                    db_path_ + ": not a meshd database or corrupt (" + msg +
+                                        "); restore it from a backup or move it away to start "
+                                        "empty");
+        return core::make_error("internal", db_path_ + ": cannot set up database: " + msg);
+    }
+    return {};
+}
+
+core::Result<void> Store::migrate() {
+    sqlite3_stmt* s = nullptr;
+    int version = 0;
+    int rc = sqlite3_prepare_v2(db_, "PRAGMA user_version", -1, &s, nullptr);
+    if (rc == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
+        version = sqlite3_column_int(s, 0);
+    else
+        rc = sqlite3_errcode(db_);
+    sqlite3_finalize(s);
+    if (rc != SQLITE_OK && rc != SQLITE_ROW)
+        return core::make_error("internal", db_path_ + ": not a meshd database or corrupt (" +
+                                                sqlite_message(db_) +
+                                                "); restore it from a backup or move it away");
+    if (version > schema_version)
+        return core::make_error(
+            "internal", db_path_ + ": database schema version " + std::to_string(version) +
+                            " is newer than this meshd knows (" + std::to_string(schema_version) +
+                            "); run the meshd that wrote it, or a newer one");
+    for (int v = version; v < schema_version; ++v) {
+        std::string sql = "BEGIN IMMEDIATE;";
+        sql += migrations[v];
+        if (v == 0) {
+            unsigned char raw[8];
+            randombytes_buf(raw, sizeof raw);
+            char hex[17];
+            sodium_bin2hex(hex, sizeof hex, raw, sizeof raw);
+            sql += "INSERT INTO meta(key, value) VALUES('epoch', '";
+            sql += hex;
+            sql += "');";
+        }
+        sql += "PRAGMA user_version=" + std::to_string(v + 1) + "; COMMIT;";
+        char* err = nullptr;
+        if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+            std::string msg = err ? err : "unknown error";
+            sqlite3_free(err);
+            sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+            return core::make_error("internal", db_path_ + ": migration " +
+                                                    std::to_string(v + 1) + " failed: " + msg);
+        }
+        MESHD_LOG(info, "store.migrated", "file=%s version=%d", db_path_.c_str(), v + 1);
+    }
+    return {};
+}
+
+core::Result<void> Store::prepare_all() {
+    stmts_.assign(s_count, nullptr);
+    for (int i = 0; i < s_count; ++i) {
+        if (sqlite3_prepare_v3(db_, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &stmts_[i],
+                               nullptr) != SQLITE_OK)
+            return core::make_error("internal", db_path_ + ": cannot prepare statement: " +
+                                                    sqlite_message(db_));
+    }
+    return {};
+}
+
+core::Result<void> Store::load() {
+    auto query = [&](const char* sql, auto&& row) -> core::Result<void> {
+        sqlite3_stmt* s = nullptr;
+        if (sqlite3_prepare_v2(db_, sql, -1, &s, nullptr) != SQLITE_OK)
+            return core::make_error("internal", db_path_ + ": " + sqlite_message(db_));
+        int rc;
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW)
+            row(s);
+        sqlite3_finalize(s);
+        if (rc != SQLITE_DONE)
+            return core::make_error("internal", db_path_ + ": " + sqlite_message(db_));
+        return {};
+    };
+    if (auto r = query("SELECT value FROM meta WHERE key = 'epoch'",
+                       [&](sqlite3_stmt* s) { epoch_ = std::string(column_text(s, 0)); });
+        !r)
+        return r;
+    if (epoch_.empty())
+        return core::make_error("internal", db_path_ + ": has no epoch; not a meshd database?");
+    if (auto r = query("SELECT pid, name, kind, created_ms, deleted_ms FROM principals",
+                       [&](sqlite3_stmt* s) {
+                           int64_t pid = sqlite3_column_int64(s, 0);
+                           std::string name(column_text(s, 1));
+                           if (sqlite3_column_type(s, 4) != SQLITE_NULL) {
+                               dead_names_[pid] = std::move(name);
+                               return;
+                           }
+                           auto p = std::make_unique<Principal>();
+                           p->pid = pid;
+                           p->name = std::move(name);
+                           p->kind = sqlite3_column_int(s, 2) == 1 ? Kind::agent : Kind::user;
+                           p->created_ms = sqlite3_column_int64(s, 3);
+                           by_name_[p->name] = p.get();
+                           by_pid_[pid] = std::move(p);
+                       });
+        !r)
+        return r;
+    if (auto r = query("SELECT pid, MAX(seq) FROM log GROUP BY pid",
+                       [&](sqlite3_stmt* s) {
+                           auto it = by_pid_.find(sqlite3_column_int64(s, 0));
+                           if (it != by_pid_.end())
+                               it->second->head = it->second->committed_head =
+                                   sqlite3_column_int64(s, 1);
+                       });
+        !r)
+        return r;
+    return query("SELECT pid, device, seq FROM cursors", [&](sqlite3_stmt* s) {
+        auto it = by_pid_.find(sqlite3_column_int64(s, 0));
+        if (it != by_pid_.end())
+            it->second->cursors[std::string(column_text(s, 1))] = sqlite3_column_int64(s, 2);
+    });
+}
+
+Principal* Store::find(std::string_view name) const {
+    auto it = by_name_.find(name);
+    return it == by_name_.end() ? nullptr : it->second;
+}
+
+void Store::for_each_principal(const std::function<void(Principal&)>& fn) const {
+    for (const auto& [pid, p] : by_pid_)
+        fn(*p);
+}
+
+core::Result<void> Store::begin_if_needed() {
+    if (batch_failed_)
+        return core::make_error("unavailable", batch_error_);
+    if (in_txn_)
+        return {};
+    sqlite3_stmt* s = stmt(s_begin);
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE)
+        return fail_batch("begin");
+    in_txn_ = true;
+    return {};
+}
+
+core::Error Store::fail_batch(const char* what) {
+    if (!batch_failed_) {
+        batch_failed_ = true;
+        batch_error_ = std::string("storage cannot take the write now (") + what + ": " +
+                       sqlite_message(db_) + "); nothing was stored, retry later";
+    }
+    return core::make_error("unavailable", batch_error_);
+}
+
+void Store::touch(Principal* p) {
+    for (const HeadUndo& u : head_undo_)
+        if (u.p == p)
+            return;
+    head_undo_.push_back({p, p->head});
+    touched_.push_back(p);
+}
+
+void Store::token_hash(std::string_view token, unsigned char out[32]) const {
+    crypto_generichash(out, 32, reinterpret_cast<const unsigned char*>(token.data()),
+                       token.size(), secret_, sizeof secret_);
+}
+
+core::Result<Principal*> Store::add_principal(std::string_view name, Kind kind, int64_t now_ms) {
+    if (find(name))
+        return core::make_error("exists", "a principal named '" + std::string(name) +
+                                              "' already exists");
+    if (auto r = begin_if_needed(); !r)
+        return r.error();
+    sqlite3_stmt* s = stmt(s_insert_principal);
+    StmtGuard g(s);
+    bind_text(s, 1, name);
+    sqlite3_bind_int(s, 2, kind == Kind::agent ? 1 : 0);
+    sqlite3_bind_int64(s, 3, now_ms);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        return fail_batch("add principal");
+    auto p = std::make_unique<Principal>();
+    p->pid = sqlite3_last_insert_rowid(db_);
+    p->name = std::string(name);
+    p->kind = kind;
+    p->created_ms = now_ms;
+    Principal* raw = p.get();
+    by_name_[raw->name] = raw;
+    by_pid_[raw->pid] = std::move(p);
+    int64_t pid = raw->pid;
+    undo_.push_back([this, pid] {
+        auto it = by_pid_.find(pid);
+        if (it == by_pid_.end())
+            return;
+        by_name_.erase(it->second->name);
+        by_pid_.erase(it);
+    });
+    return raw;
+}
+
+core::Result<void> Store::delete_principal(Principal* p) {
+    if (auto r = begin_if_needed(); !r)
+        return r;
+    int64_t now = core::wall_ms();
+    {
+        sqlite3_stmt* s = stmt(s_delete_principal);
+        StmtGuard g(s);
+        sqlite3_bind_int64(s, 1, p->pid);
+        sqlite3_bind_int64(s, 2, now);
+        if (sqlite3_step(s) != SQLITE_DONE)
+            return fail_batch("delete principal");
+    }
+    for (int which : {s_delete_log_of, s_delete_cursors_of, s_delete_tokens_of}) {
+        sqlite3_stmt* s = stmt(which);
+        StmtGuard g(s);
+        sqlite3_bind_int64(s, 1, p->pid);
+        if (sqlite3_step(s) != SQLITE_DONE)
+            return fail_batch("delete principal");
+    }
+    std::erase_if(dirty_cursors_, [p](const auto& d) { return d.first == p; });
+    // The name is free for a new principal at once; the object lives until the batch ends
+    // so that callers holding it in this turn stay safe.
+    by_name_.erase(p->name);
+    int64_t pid = p->pid;
+    undo_.push_back([this, pid] {
+        auto it = by_pid_.find(pid);
+        if (it != by_pid_.end())
+            by_name_[it->second->name] = it->second.get();
+    });
+    on_ok_.push_back([this, pid] {
+        auto it = by_pid_.find(pid);
+        if (it == by_pid_.end())
+            return;
+        dead_names_[pid] = it->second->name;
+        std::erase(touched_, it->second.get());
+        retired_.push_back(std::move(it->second));
+        by_pid_.erase(it);
+    });
+    return {};
+}
+
+core::Result<void> Store::set_token(Principal* p, std::string_view token, int64_t now_ms) {
+    if (auto r = begin_if_needed(); !r)
+        return r;
+    {
+        sqlite3_stmt* s = stmt(s_delete_tokens_of);
+        StmtGuard g(s);
+        sqlite3_bind_int64(s, 1, p->pid);
+        if (sqlite3_step(s) != SQLITE_DONE)
+            return fail_batch("replace token");
+    }
+    unsigned char hash[32];
+    token_hash(token, hash);
+    sqlite3_stmt* s = stmt(s_insert_token);
+    StmtGuard g(s);
+    sqlite3_bind_blob(s, 1, hash, sizeof hash, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 2, p->pid);
+    sqlite3_bind_int64(s, 3, now_ms);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        return fail_batch("store token");
+    return {};
+}
+
+Principal* Store::verify_token(std::string_view token) {
+    unsigned char hash[32];
+    token_hash(token, hash);
+    sqlite3_stmt* s = stmt(s_find_token);
+    StmtGuard g(s);
+    sqlite3_bind_blob(s, 1, hash, sizeof hash, SQLITE_TRANSIENT);
+    if (sqlite3_step(s) != SQLITE_ROW)
+        return nullptr;
+    auto it = by_pid_.find(sqlite3_column_int64(s, 0));
+    if (it == by_pid_.end() || find(it->second->name) != it->second.get())
+        return nullptr;
+    return it->second.get();
+}
+
+core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,
+                                         std::span<Principal* const> recipients,
+                                         std::string_view body, std::string_view client_id,
+                                         int64_t ts) {
+    if (auto r = begin_if_needed(); !r)
+        return r.error();
+    unsigned char fingerprint[16];
+    if (!client_id.empty()) {
+        crypto_generichash_state st;
+        crypto_generichash_init(&st, nullptr, 0, sizeof fingerprint);
+        crypto_generichash_update(&st, reinterpret_cast<const unsigned char*>(to.data()),
+                                  to.size());
+        const unsigned char zero = 0;
+        crypto_generichash_update(&st, &zero, 1);
+        crypto_generichash_update(&st, reinterpret_cast<const unsigned char*>(body.data()),
+                                  body.size());
+        crypto_generichash_final(&st, fingerprint, sizeof fingerprint);
+
+        sqlite3_stmt* s = stmt(s_find_dedupe);
+        StmtGuard g(s);
+        sqlite3_bind_int64(s, 1, sender->pid);
+        bind_text(s, 2, client_id);
+        int rc = sqlite3_step(s);
+        if (rc == SQLITE_ROW) {
+            int64_t mid = sqlite3_column_int64(s, 0);
+            int64_t first_ts = sqlite3_column_int64(s, 1);
+            bool same = sqlite3_column_bytes(s, 2) == sizeof fingerprint &&
+                        std::memcmp(sqlite3_column_blob(s, 2), fingerprint,
+                                    sizeof fingerprint) == 0;
+            int64_t seq = sqlite3_column_int64(s, 3);
+            if (first_ts >= ts - options_.dedupe_window_s * 1000) {
+                if (!same)
+                    return core::make_error(
+                        "conflict", "id '" + std::string(client_id) +
+                                        "' was already used for a different message; use a new "
+                                        "id for a new message");
+                return AppendResult{seq, true};
+            }
+            // Outside the window: the old message keeps its data but no longer its id.
+            sqlite3_reset(s);
+            sqlite3_stmt* c = stmt(s_clear_dedupe);
+            StmtGuard gc(c);
+            sqlite3_bind_int64(c, 1, mid);
+            if (sqlite3_step(c) != SQLITE_DONE)
+                return fail_batch("dedupe");
+        } else if (rc != SQLITE_DONE) {
+            return fail_batch("dedupe lookup");
+        }
+    }
+
+    touch(sender);
+    int64_t sender_seq = sender->head + 1;
+    int64_t mid = 0;
+    {
+        sqlite3_stmt* s = stmt(s_insert_msg);
+        StmtGuard g(s);
+        sqlite3_bind_int64(s, 1, sender->pid);
+        bind_text(s, 2, to);
+        sqlite3_bind_int64(s, 3, ts);
+        bind_text(s, 4, body);
+        if (client_id.empty()) {
+            sqlite3_bind_null(s, 5);
+            sqlite3_bind_null(s, 6);
+        } else {
+            bind_text(s, 5, client_id);
+            sqlite3_bind_blob(s, 6, fingerprint, sizeof fingerprint, SQLITE_STATIC);
+        }
+        sqlite3_bind_int64(s, 7, sender_seq);
+        if (sqlite3_step(s) != SQLITE_DONE)
+            return fail_batch("insert message");
+        mid = sqlite3_last_insert_rowid(db_);
+    }
+
+    auto msg = std::make_shared<MessageData>();
+    msg->from = sender->name;
+    msg->to = std::string(to);
+    msg->client_id = std::string(client_id);
+    msg->ts = ts;
+    msg->body = std::string(body);
+    MessageRef ref = std::move(msg);
+
+    auto add_entry = [&](Principal* p) -> bool {
+        touch(p);
+        int64_t seq = ++p->head;
+        sqlite3_stmt* s = stmt(s_insert_log);
+        StmtGuard g(s);
+        sqlite3_bind_int64(s, 1, p->pid);
+        sqlite3_bind_int64(s, 2, seq);
+        sqlite3_bind_int64(s, 3, mid);
+        if (sqlite3_step(s) != SQLITE_DONE)
+            return false;
+        if (!p->tail.empty() && p->tail.back().seq != seq - 1)
+            p->tail.clear(); // keep the tail contiguous
+        p->tail.push_back({seq, ref});
+        if (p->tail.size() > options_.tail_limit)
+            p->tail.pop_front();
+        return true;
+    };
+    // The sender's own entry first: its seq was promised to the dedupe record above.
+    if (!add_entry(sender))
+        return fail_batch("append to log");
+    for (Principal* r : recipients) {
+        if (r == sender)
+            continue;
+        if (!add_entry(r))
+            return fail_batch("append to log");
+    }
+    return AppendResult{sender_seq, false};
+}
+
+core::Result<void> Store::read_page(const Principal& p, int64_t from_seq, size_t max_rows,
+                                    size_t max_bytes, std::vector<LogEntry>& out) {
+    out.clear();
+    sqlite3_stmt* s = stmt(s_read_page);
+    StmtGuard g(s);
+    sqlite3_bind_int64(s, 1, p.pid);
+    sqlite3_bind_int64(s, 2, from_seq);
+    sqlite3_bind_int64(s, 3, p.committed_head);
+    sqlite3_bind_int64(s, 4, static_cast<int64_t>(max_rows));
+    size_t bytes = 0;
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        auto msg = std::make_shared<MessageData>();
+        msg->from = std::string(column_text(s, 1));
+        msg->to = std::string(column_text(s, 2));
+        msg->ts = sqlite3_column_int64(s, 3);
+        msg->body = std::string(column_text(s, 4));
+        msg->client_id = std::string(column_text(s, 5));
+        bytes += msg->body.size();
+        out.push_back({sqlite3_column_int64(s, 0), std::move(msg)});
+        if (bytes >= max_bytes)
+            break;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return core::make_error("unavailable",
+                                std::string("cannot read the log: ") + sqlite_message(db_));
+    return {};
+}
+
+int64_t Store::cursor(const Principal& p, std::string_view device) const {
+    auto it = p.cursors.find(std::string(device));
+    return it == p.cursors.end() ? 0 : it->second;
+}
+
+void Store::set_cursor(Principal& p, std::string_view device, int64_t seq) {
+    auto [it, inserted] = p.cursors.try_emplace(std::string(device), seq);
+    if (!inserted) {
+        if (seq <= it->second)
+            return;
+        it->second = seq;
+    }
+    for (const auto& d : dirty_cursors_)
+        if (d.first == &p && d.second == device)
+            return;
+    dirty_cursors_.emplace_back(&p, std::string(device));
+}
+
+void Store::rollback_batch() {
+    if (in_txn_) {
+        sqlite3_stmt* s = stmt(s_rollback);
+        sqlite3_step(s);
+        sqlite3_reset(s);
+        // A failed COMMIT may already have ended the transaction; make sure it is gone.
+        if (!sqlite3_get_autocommit(db_))
+            sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    }
+    for (const HeadUndo& u : head_undo_) {
+        u.p->head = u.head;
+        while (!u.p->tail.empty() && u.p->tail.back().seq > u.head)
+            u.p->tail.pop_back();
+    }
+    for (auto it = undo_.rbegin(); it != undo_.rend(); ++it)
+        (*it)();
+}
+
+core::Result<void> Store::commit(std::vector<Principal*>& touched_out) {
+    touched_out.clear();
+    // Cursors are written with the batch; a cursor-only turn opens its own transaction.
+    if (!dirty_cursors_.empty() && !batch_failed_) {
+        if (begin_if_needed()) {
+            int64_t now = core::wall_ms();
+            sqlite3_stmt* s = stmt(s_upsert_cursor);
+            for (const auto& [p, device] : dirty_cursors_) {
+                StmtGuard g(s);
+                sqlite3_bind_int64(s, 1, p->pid);
+                bind_text(s, 2, device);
+                sqlite3_bind_int64(s, 3, p->cursors[device]);
+                sqlite3_bind_int64(s, 4, now);
+                if (sqlite3_step(s) != SQLITE_DONE) {
+                    fail_batch("store cursor");
+                    break;
+                }
+            }
+        }
+    }
+    core::Result<void> result;
+    if (!batch_failed_ && in_txn_) {
+        sqlite3_stmt* s = stmt(s_commit);
+        int rc = sqlite3_step(s);
+        sqlite3_reset(s);
+        if (rc != SQLITE_DONE)
+            fail_batch("commit");
+    }
+    if (batch_failed_) {
+        result = core::make_error("unavailable", batch_error_);
+        rollback_batch();
+        if (!degraded_)
+            MESHD_LOG(error, "store.degraded", "message=%s",
+                      core::log_value(batch_error_).c_str());
+        degraded_ = true;
+        degraded_message_ = batch_error_;
+        // Cursors stay in memory and are retried with the next batch.
+    } else {
+        for (Principal* p : touched_)
+            p->committed_head = p->head;
+        for (auto& fn : on_ok_)
+            fn();
+        touched_out.swap(touched_);
+        dirty_cursors_.clear();
+        if (degraded_ && in_txn_) {
+            MESHD_LOG(info, "store.recovered", "file=%s", db_path_.c_str());
+            degraded_ = false;
+            degraded_message_.clear();
+        }
+    }
+    in_txn_ = false;
+    batch_failed_ = false;
+    batch_error_.clear();
+    head_undo_.clear();
+    touched_.clear();
+    undo_.clear();
+    on_ok_.clear();
+    return result;
+}
+
+StoreStatus Store::status() const {
+    StoreStatus st;
+    st.degraded = degraded_;
+    st.message = degraded_message_;
+    struct stat sb {};
+    if (::stat(db_path_.c_str(), &sb) == 0)
+        st.db_bytes = sb.st_size;
+    if (::stat((db_path_ + "-wal").c_str(), &sb) == 0)
+        st.db_bytes += sb.st_size;
+    return st;
+}
+
+} // namespace meshd::store
