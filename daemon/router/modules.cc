@@ -1,0 +1,429 @@
+// router/modules: the module loader, the verdict dispatch, and the host calls that modules
+// make back into meshd (exported from the meshd executable with --export-dynamic).
+#include "router/modules.h"
+
+#include <cstring>
+#include <dlfcn.h>
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/names.h"
+#include "meshd_build.h"
+
+// The opaque handle a module gets; one per loaded module.
+struct meshd_host {
+    meshd::router::LoadedModule* module;
+};
+
+// The recipient list a route hook fills.
+struct meshd_route_out {
+    meshd::store::Store* store;
+    std::vector<meshd::store::Principal*>* recipients;
+    std::string* canonical_to;
+};
+
+namespace meshd::router {
+
+struct DlClose {
+    void operator()(void* handle) const { dlclose(handle); }
+};
+
+struct LoadedModule {
+    std::string name;
+    std::string file;
+    std::unique_ptr<void, DlClose> handle;
+    const meshd_module* desc = nullptr;
+    void* state = nullptr;
+    bool initialised = false;
+    meshd_host host{};
+    store::Store* store = nullptr;
+    uv_loop_t* loop = nullptr;
+    core::ModuleTable table;
+};
+
+namespace {
+
+const int host_abis[] = {MESHD_MODULE_ABI};
+
+// Logs `event=module.load_failed file=... message=...` and returns the same as an error.
+core::Error load_error(const std::string& file, const std::string& message) {
+    std::string text = "cannot load module " + file + ": " + message;
+    MESHD_LOG(error, "module.load_failed", "file=%s message=%s", core::log_value(file).c_str(),
+              core::log_value(text).c_str());
+    return core::make_error("internal", text);
+}
+
+std::string cstr(const char* s) { return s ? std::string(s) : std::string(); }
+
+} // namespace
+
+core::Result<std::unique_ptr<ModuleSet>> ModuleSet::load(const core::Config& config,
+                                                         store::Store& store, uv_loop_t* loop) {
+    std::unique_ptr<ModuleSet> set(new ModuleSet());
+    for (const std::string& name : config.modules_load) {
+        auto m = std::make_unique<LoadedModule>();
+        m->name = name;
+        m->file = config.modules_dir + "/" + name + ".so";
+        m->store = &store;
+        m->loop = loop;
+        m->host.module = m.get();
+        if (auto it = config.module_tables.find(name); it != config.module_tables.end())
+            m->table = it->second;
+        m->handle.reset(dlopen(m->file.c_str(), RTLD_NOW | RTLD_LOCAL));
+        if (!m->handle)
+            return load_error(m->file, cstr(dlerror()) +
+                                           " (check modules.dir and modules.load in the config)");
+        auto abi_fn = reinterpret_cast<int (*)(const int*, int)>(
+            dlsym(m->handle.get(), "meshd_module_abi"));
+        auto get_fn = reinterpret_cast<const meshd_module* (*)(int)>(
+            dlsym(m->handle.get(), "meshd_module_get"));
+        if (!abi_fn || !get_fn)
+            return load_error(m->file, "it does not export meshd_module_abi and "
+                                       "meshd_module_get; is it a meshd module?");
+        int abi = abi_fn(host_abis, static_cast<int>(std::size(host_abis)));
+        bool known = false;
+        for (int a : host_abis)
+            known = known || a == abi;
+        if (!known)
+            return load_error(m->file, "it was built for module ABI " + std::to_string(abi) +
+                                           ", and this meshd " MESHD_VERSION " hosts ABI " +
+                                           std::to_string(MESHD_MODULE_ABI) +
+                                           "; rebuild it against this meshd's module.h");
+        m->desc = get_fn(abi);
+        if (!m->desc || m->desc->abi != abi)
+            return load_error(m->file, "meshd_module_get(" + std::to_string(abi) +
+                                           ") returned no descriptor for that ABI");
+        if (!m->desc->name || name != m->desc->name)
+            return load_error(m->file, "it calls itself '" + cstr(m->desc->name) +
+                                           "', not '" + name + "'");
+        if (m->desc->init && m->desc->init(&m->host, &m->state) != 0)
+            return load_error(m->file, "its init failed (see the lines it logged above)");
+        m->initialised = true;
+        set->has_stored_ = set->has_stored_ || m->desc->stored;
+        MESHD_LOG(info, "module.loaded", "name=%s version=%s file=%s", name.c_str(),
+                  core::log_value(cstr(m->desc->version)).c_str(), m->file.c_str());
+        set->modules_.push_back(std::move(m));
+    }
+    return set;
+}
+
+ModuleSet::~ModuleSet() {
+    for (auto it = modules_.rbegin(); it != modules_.rend(); ++it) {
+        LoadedModule& m = **it;
+        if (m.initialised && m.desc->fini)
+            m.desc->fini(m.state);
+    }
+    // dlclose in reverse order as the vector unwinds.
+    while (!modules_.empty())
+        modules_.pop_back();
+}
+
+bool ModuleSet::has_auth() const {
+    for (const auto& m : modules_)
+        if (m->desc->auth)
+            return true;
+    return false;
+}
+
+std::vector<ModuleInfo> ModuleSet::info() const {
+    std::vector<ModuleInfo> out;
+    for (const auto& m : modules_)
+        out.push_back({m->name, cstr(m->desc->version), m->file});
+    return out;
+}
+
+AuthOutcome ModuleSet::auth(std::string_view token, std::string_view claimed_id,
+                            std::string_view device, std::string_view remote_addr) {
+    meshd_auth_request req{};
+    req.token = token.data();
+    req.token_len = token.size();
+    req.claimed_id = claimed_id.data();
+    req.claimed_id_len = claimed_id.size();
+    req.device = device.data();
+    req.device_len = device.size();
+    req.remote_addr = remote_addr.data();
+    req.remote_addr_len = remote_addr.size();
+    AuthOutcome outcome;
+    for (const auto& m : modules_) {
+        if (!m->desc->auth)
+            continue;
+        meshd_auth_result res{};
+        meshd_verdict v = m->desc->auth(m->state, &req, &res);
+        if (v == MESHD_PASS)
+            continue;
+        if (v == MESHD_ALLOW) {
+            res.principal[sizeof res.principal - 1] = '\0';
+            outcome.principal = m->store->find(res.principal);
+            if (!outcome.principal)
+                outcome.message = "no such principal";
+            return outcome;
+        }
+        outcome.message = res.message ? res.message : "credentials refused";
+        return outcome;
+    }
+    outcome.message = has_auth() ? "no credentials a loaded auth module accepts"
+                                  : "no auth module is loaded; nobody can log in";
+    return outcome;
+}
+
+RouteOutcome ModuleSet::route(const store::Principal& sender, std::string_view to,
+                              std::vector<store::Principal*>& recipients,
+                              std::string& canonical_to) {
+    recipients.clear();
+    canonical_to.clear();
+    meshd_route_request req{};
+    req.sender = sender.name.data();
+    req.sender_len = sender.name.size();
+    req.to = to.data();
+    req.to_len = to.size();
+    RouteOutcome outcome;
+    for (const auto& m : modules_) {
+        if (!m->desc->route)
+            continue;
+        meshd_route_out out{m->store, &recipients, &canonical_to};
+        meshd_route_result res{};
+        meshd_verdict v = m->desc->route(m->state, &req, &out, &res);
+        if (v == MESHD_PASS) {
+            recipients.clear();
+            canonical_to.clear();
+            continue;
+        }
+        if (v == MESHD_ALLOW && !recipients.empty()) {
+            if (canonical_to.empty())
+                canonical_to = std::string(to);
+            outcome.ok = true;
+            return outcome;
+        }
+        outcome.code = (v == MESHD_DENY && res.code) ? res.code : "unknown_peer";
+        outcome.message = (v == MESHD_DENY && res.message) ? res.message : "no recipients";
+        return outcome;
+    }
+    outcome.code = "unknown_peer";
+    outcome.message = "no routing module knows the address '" + std::string(to) + "'";
+    return outcome;
+}
+
+CheckOutcome ModuleSet::check(const store::Principal& sender, std::string_view to,
+                              std::string_view body, size_t recipients) {
+    meshd_check_request req{};
+    req.sender = sender.name.data();
+    req.sender_len = sender.name.size();
+    req.to = to.data();
+    req.to_len = to.size();
+    req.body = body.data();
+    req.body_len = body.size();
+    req.recipients = recipients;
+    CheckOutcome outcome;
+    for (const auto& m : modules_) {
+        if (!m->desc->check)
+            continue;
+        meshd_check_result res{};
+        if (m->desc->check(m->state, &req, &res) != MESHD_DENY)
+            continue;
+        outcome.ok = false;
+        outcome.code = res.code ? res.code : "forbidden";
+        outcome.message = res.message ? res.message : "refused by module " + m->name;
+        outcome.retry_after_ms = res.retry_after_ms;
+        return outcome;
+    }
+    return outcome;
+}
+
+void ModuleSet::stored(const store::Principal& recipient, std::string_view sender, int64_t seq,
+                       bool has_live_device) {
+    meshd_stored_event ev{};
+    ev.recipient = recipient.name.data();
+    ev.recipient_len = recipient.name.size();
+    ev.sender = sender.data();
+    ev.sender_len = sender.size();
+    ev.seq = seq;
+    ev.has_live_device = has_live_device ? 1 : 0;
+    for (const auto& m : modules_)
+        if (m->desc->stored)
+            m->desc->stored(m->state, &ev);
+}
+
+void ModuleSet::session_event(bool connect, const store::Principal& p, std::string_view device,
+                              std::string_view session) {
+    meshd_session_event ev{};
+    ev.principal = p.name.data();
+    ev.principal_len = p.name.size();
+    ev.device = device.data();
+    ev.device_len = device.size();
+    ev.session = session.data();
+    ev.session_len = session.size();
+    ev.kind = p.kind == store::Kind::agent ? MESHD_KIND_AGENT : MESHD_KIND_USER;
+    for (const auto& m : modules_) {
+        meshd_session_cb cb = connect ? m->desc->connect : m->desc->disconnect;
+        if (cb)
+            cb(m->state, &ev);
+    }
+}
+
+void ModuleSet::tick(int64_t now_ms) {
+    for (const auto& m : modules_)
+        if (m->desc->tick)
+            m->desc->tick(m->state, now_ms);
+}
+
+void ModuleSet::reload(const core::Config& config) {
+    for (const auto& m : modules_) {
+        core::ModuleTable table;
+        if (auto it = config.module_tables.find(m->name); it != config.module_tables.end())
+            table = it->second;
+        core::ModuleTable old = std::move(m->table);
+        m->table = std::move(table);
+        if (m->desc->reload && m->desc->reload(m->state) != 0) {
+            m->table = std::move(old);
+            MESHD_LOG(warn, "module.reload_refused", "name=%s", m->name.c_str());
+        }
+    }
+}
+
+} // namespace meshd::router
+
+// ---- host calls ------------------------------------------------------------------------
+
+namespace {
+
+const meshd::core::ModuleValue* config_value(meshd_host* host, const char* key) {
+    if (!host || !key)
+        return nullptr;
+    const auto& table = host->module->table;
+    auto it = table.find(std::string_view(key));
+    return it == table.end() ? nullptr : &it->second;
+}
+
+struct Job {
+    uv_work_t req{};
+    meshd_job_cb work = nullptr;
+    meshd_job_cb done = nullptr;
+    void* arg = nullptr;
+};
+
+} // namespace
+
+extern "C" {
+
+MESHD_EXPORT void meshd_host_log(meshd_host* host, meshd_log_level level, const char* event,
+                                 const char* message) {
+    using meshd::core::LogLevel;
+    LogLevel l = level == MESHD_LOG_DEBUG  ? LogLevel::debug
+                 : level == MESHD_LOG_INFO ? LogLevel::info
+                 : level == MESHD_LOG_WARN ? LogLevel::warn
+                                           : LogLevel::error;
+    if (!meshd::core::log_enabled(l))
+        return;
+    std::string fields = "module=";
+    fields += host ? host->module->name : "?";
+    if (message) {
+        fields += " message=";
+        fields += meshd::core::log_value(message);
+    }
+    meshd::core::log_event(l, event ? event : "module.log", fields);
+}
+
+MESHD_EXPORT int meshd_host_config_int(meshd_host* host, const char* key, int64_t* out) {
+    const auto* v = config_value(host, key);
+    if (!v)
+        return 1;
+    if (v->type != meshd::core::ModuleValue::Type::integer)
+        return -1;
+    if (out)
+        *out = v->integer;
+    return 0;
+}
+
+MESHD_EXPORT int meshd_host_config_bool(meshd_host* host, const char* key, int* out) {
+    const auto* v = config_value(host, key);
+    if (!v)
+        return 1;
+    if (v->type != meshd::core::ModuleValue::Type::boolean)
+        return -1;
+    if (out)
+        *out = v->boolean ? 1 : 0;
+    return 0;
+}
+
+MESHD_EXPORT int meshd_host_config_string(meshd_host* host, const char* key, const char** out,
+                                          size_t* len) {
+    const auto* v = config_value(host, key);
+    if (!v)
+        return 1;
+    if (v->type != meshd::core::ModuleValue::Type::string)
+        return -1;
+    if (out)
+        *out = v->string.c_str();
+    if (len)
+        *len = v->string.size();
+    return 0;
+}
+
+MESHD_EXPORT int meshd_host_principal_exists(meshd_host* host, const char* name, size_t len,
+                                             meshd_principal_kind* kind) {
+    if (!host || !name)
+        return 0;
+    auto* p = host->module->store->find(std::string_view(name, len));
+    if (!p)
+        return 0;
+    if (kind)
+        *kind = p->kind == meshd::store::Kind::agent ? MESHD_KIND_AGENT : MESHD_KIND_USER;
+    return 1;
+}
+
+MESHD_EXPORT int meshd_host_token_verify(meshd_host* host, const char* token, size_t len,
+                                         char* out, size_t out_size) {
+    if (!host || !token || !out || out_size == 0)
+        return -1;
+    auto* p = host->module->store->verify_token(std::string_view(token, len));
+    if (!p || p->name.size() + 1 > out_size)
+        return -1;
+    std::memcpy(out, p->name.c_str(), p->name.size() + 1);
+    return 0;
+}
+
+MESHD_EXPORT int meshd_host_route_add(meshd_route_out* out, const char* principal, size_t len) {
+    if (!out || !principal)
+        return -1;
+    auto* p = out->store->find(std::string_view(principal, len));
+    if (!p)
+        return -1;
+    for (auto* existing : *out->recipients)
+        if (existing == p)
+            return 0;
+    out->recipients->push_back(p);
+    if (out->canonical_to->empty())
+        *out->canonical_to = p->name;
+    return 0;
+}
+
+MESHD_EXPORT int64_t meshd_host_now_ms(meshd_host*) { return meshd::core::wall_ms(); }
+
+MESHD_EXPORT int meshd_host_run_job(meshd_host* host, meshd_job_cb work, meshd_job_cb done,
+                                    void* arg) {
+    if (!host || !work)
+        return -1;
+    auto job = std::make_unique<Job>();
+    job->work = work;
+    job->done = done;
+    job->arg = arg;
+    job->req.data = job.get();
+    // libuv owns the job from here until the after-work callback.
+    int rc = uv_queue_work(
+        host->module->loop, &job->req,
+        [](uv_work_t* req) {
+            auto* j = static_cast<Job*>(req->data);
+            j->work(j->arg);
+        },
+        [](uv_work_t* req, int) {
+            std::unique_ptr<Job> j(static_cast<Job*>(req->data));
+            if (j->done)
+                j->done(j->arg);
+        });
+    if (rc != 0)
+        return -1;
+    job.release();
+    return 0;
+}
+
+} // extern "C"

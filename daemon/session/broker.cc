@@ -1,0 +1,216 @@
+// session/broker: session registry, end-of-turn group commit, the shared timeout sweep.
+#include "session/broker.h"
+
+#include <algorithm>
+
+#include "core/clock.h"
+#include "core/log.h"
+
+namespace meshd::session {
+
+BrokerLimits BrokerLimits::from(const core::Config& c) {
+    BrokerLimits l;
+    l.max_frame = static_cast<size_t>(c.max_frame);
+    l.max_depth = static_cast<size_t>(c.max_depth);
+    l.max_queue = static_cast<size_t>(c.max_queue);
+    l.max_inflight = static_cast<size_t>(c.max_inflight);
+    l.max_devices = static_cast<size_t>(c.max_devices);
+    l.hello_timeout_ms = static_cast<uint64_t>(c.hello_timeout_ms);
+    l.ping_interval_ms = static_cast<uint64_t>(c.ping_interval_ms);
+    return l;
+}
+
+namespace {
+
+// The sweep runs often enough to honour the shortest timeout with ~25% slack.
+uint64_t tick_interval_ms(const BrokerLimits& l) {
+    uint64_t t = std::min<uint64_t>({1000, l.hello_timeout_ms / 4, l.ping_interval_ms / 4});
+    return std::max<uint64_t>(t, 25);
+}
+
+} // namespace
+
+Broker::Broker(uv_loop_t* loop, store::Store& store, router::ModuleSet& modules,
+               BrokerLimits limits, size_t write_headroom, std::string server_name)
+    : loop_(loop), store_(store), modules_(modules), limits_(limits),
+      write_headroom_(write_headroom), server_name_(std::move(server_name)),
+      parser_(limits.max_depth) {
+    scratch_.reserve(64 * 1024);
+    turn_end_ = core::UvCheck::create(loop_, [this] { end_of_turn(); });
+    ticker_ = core::UvTimer::create(loop_, [this] { tick(); });
+    uint64_t every = tick_interval_ms(limits_);
+    ticker_.start(every, every);
+}
+
+Broker::~Broker() = default;
+
+void Broker::stop() {
+    turn_end_.close();
+    ticker_.close();
+}
+
+void Broker::apply_limits(const BrokerLimits& limits) {
+    bool retime = tick_interval_ms(limits) != tick_interval_ms(limits_);
+    limits_ = limits;
+    parser_.set_max_depth(limits.max_depth);
+    if (retime && ticker_) {
+        uint64_t every = tick_interval_ms(limits_);
+        ticker_.start(every, every);
+    }
+}
+
+std::unique_ptr<Session> Broker::open_session(Link& link, std::string remote,
+                                              std::string bearer) {
+    auto s = std::make_unique<Session>(*this, link, next_conn_id_++, std::move(remote),
+                                       std::move(bearer));
+    sessions_[s->conn_id()] = s.get();
+    MESHD_LOG(debug, "conn.open", "conn=%llu remote=%s",
+              static_cast<unsigned long long>(s->conn_id()), s->remote().c_str());
+    return s;
+}
+
+void Broker::forget(Session& s) {
+    sessions_.erase(s.conn_id());
+    if (s.in_batch)
+        std::erase(pending_, &s);
+}
+
+void Broker::register_live(Session& s) { live_[s.principal()->pid].push_back(&s); }
+
+void Broker::unregister_live(Session& s) {
+    auto it = live_.find(s.principal()->pid);
+    if (it == live_.end())
+        return;
+    std::erase(it->second, &s);
+    if (it->second.empty())
+        live_.erase(it);
+}
+
+Session* Broker::find_live(const store::Principal& p, std::string_view device) const {
+    auto it = live_.find(p.pid);
+    if (it == live_.end())
+        return nullptr;
+    for (Session* s : it->second)
+        if (s->device() == device)
+            return s;
+    return nullptr;
+}
+
+size_t Broker::live_count(const store::Principal& p) const {
+    auto it = live_.find(p.pid);
+    return it == live_.end() ? 0 : it->second.size();
+}
+
+size_t Broker::device_count(const store::Principal& p) const {
+    size_t n = p.cursors.size();
+    auto it = live_.find(p.pid);
+    if (it != live_.end())
+        for (const Session* s : it->second)
+            if (!p.cursors.contains(s->device()))
+                ++n;
+    return n;
+}
+
+size_t Broker::session_count() const {
+    size_t n = 0;
+    for (const auto& [pid, list] : live_)
+        n += list.size();
+    return n;
+}
+
+void Broker::for_each_session(const std::function<void(const Session&)>& fn) const {
+    for (const auto& [pid, list] : live_)
+        for (const Session* s : list)
+            fn(*s);
+}
+
+void Broker::note_pending(Session& s) {
+    if (!s.in_batch) {
+        s.in_batch = true;
+        pending_.push_back(&s);
+    }
+}
+
+void Broker::note_stored(store::Principal& recipient, std::string_view sender, int64_t seq) {
+    stored_events_.push_back({&recipient, std::string(sender), seq});
+}
+
+void Broker::after_commit(std::function<void(const core::Error*)> fn) {
+    after_commit_.push_back(std::move(fn));
+}
+
+void Broker::end_of_turn() {
+    if (!store_.batch_open() && after_commit_.empty())
+        return;
+    core::Result<void> r;
+    if (store_.batch_open())
+        r = store_.commit(touched_);
+    // Ack only after the batch commit returns: an acked message must survive SIGKILL.
+    if (r) {
+        for (store::Principal* p : touched_) {
+            auto it = live_.find(p->pid);
+            if (it != live_.end())
+                for (Session* s : it->second)
+                    s->wake();
+        }
+        for (const StoredEvent& ev : stored_events_)
+            modules_.stored(*ev.recipient, ev.sender, ev.seq, live_count(*ev.recipient) > 0);
+    } else {
+        for (Session* s : pending_)
+            s->fail_pending(r.error());
+    }
+    for (Session* s : pending_)
+        s->in_batch = false;
+    pending_.clear();
+    stored_events_.clear();
+    touched_.clear();
+    // Callbacks may start a new batch (it commits in the next turn).
+    auto callbacks = std::move(after_commit_);
+    after_commit_.clear();
+    for (auto& fn : callbacks)
+        fn(r ? nullptr : &r.error());
+    store_.drop_retired();
+}
+
+size_t Broker::close_principal(const store::Principal& p, uint16_t code,
+                               std::string_view reason) {
+    auto it = live_.find(p.pid);
+    if (it == live_.end())
+        return 0;
+    std::vector<Session*> list = it->second; // close() edits live_
+    for (Session* s : list)
+        s->close(code, reason);
+    return list.size();
+}
+
+void Broker::close_all(uint16_t code, std::string_view reason) {
+    std::vector<Session*> all;
+    all.reserve(sessions_.size());
+    for (const auto& [id, s] : sessions_)
+        all.push_back(s);
+    for (Session* s : all)
+        s->close(code, reason);
+}
+
+void Broker::tick() {
+    uint64_t now = now_ms();
+    std::vector<Session*> all;
+    all.reserve(sessions_.size());
+    for (const auto& [id, s] : sessions_)
+        all.push_back(s);
+    for (Session* s : all) {
+        s->tick(now);
+        if (s->kill_due(now))
+            kill_list_.push_back(s->conn_id());
+    }
+    modules_.tick(core::wall_ms());
+    // Kills run last: a kill destroys the session synchronously.
+    for (uint64_t id : kill_list_) {
+        auto it = sessions_.find(id);
+        if (it != sessions_.end())
+            it->second->kill_link();
+    }
+    kill_list_.clear();
+}
+
+} // namespace meshd::session

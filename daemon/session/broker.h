@@ -1,0 +1,122 @@
+// session/broker: every live session, the turn's batch, and what happens after a commit.
+//
+// One broker per daemon, owned by the loop thread. Each loop turn: sessions parse frames and
+// append to the store's open batch; at the end of the turn (a uv_check callback) the broker
+// commits once, then acks and deliveries go out — never before the commit (an acked
+// message must survive SIGKILL). A failed commit turns every send of the batch into an
+// `unavailable` error and acks nothing.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <uv.h>
+
+#include "core/config.h"
+#include "core/uv_handle.h"
+#include "router/modules.h"
+#include "session/frame.h"
+#include "session/session.h"
+#include "store/store.h"
+
+namespace meshd::session {
+
+struct BrokerLimits {
+    size_t max_frame = 1 << 20;
+    size_t max_depth = 64;
+    size_t max_queue = 4 << 20;
+    size_t max_inflight = 1024;
+    size_t max_devices = 32;
+    uint64_t hello_timeout_ms = 10000;
+    uint64_t ping_interval_ms = 30000;
+    static BrokerLimits from(const core::Config& config);
+};
+
+class Broker {
+  public:
+    Broker(uv_loop_t* loop, store::Store& store, router::ModuleSet& modules, BrokerLimits limits,
+           size_t write_headroom, std::string server_name);
+    ~Broker();
+    Broker(const Broker&) = delete;
+    Broker& operator=(const Broker&) = delete;
+
+    std::unique_ptr<Session> open_session(Link& link, std::string remote, std::string bearer);
+    void apply_limits(const BrokerLimits& limits);
+    // Commits the turn's batch and wakes whom it concerns. Called once per loop turn.
+    void end_of_turn();
+    // Runs fn(ok, error) right after the current batch commits (or at once in the next turn
+    // if nothing is pending).
+    void after_commit(std::function<void(const core::Error* error)> fn);
+
+    // Closes every session of p; returns how many.
+    size_t close_principal(const store::Principal& p, uint16_t code, std::string_view reason);
+    void close_all(uint16_t code, std::string_view reason);
+    // Stops the timers (shutdown); sessions still close through the transport.
+    void stop();
+
+    size_t connection_count() const { return sessions_.size(); }
+    size_t session_count() const;
+    size_t live_count(const store::Principal& p) const;
+    // Devices of p: those with a stored cursor plus live ones without one.
+    size_t device_count(const store::Principal& p) const;
+    void for_each_session(const std::function<void(const Session&)>& fn) const;
+
+    // ---- for sessions ----
+    store::Store& store() { return store_; }
+    router::ModuleSet& modules() { return modules_; }
+    const BrokerLimits& limits() const { return limits_; }
+    FrameParser& parser() { return parser_; }
+    const std::string& server_name() const { return server_name_; }
+    uint64_t now_ms() const { return uv_now(loop_); }
+    size_t write_headroom() const { return write_headroom_; }
+    // The reused output buffer: write_headroom() bytes, then the frame being built.
+    std::string& scratch() {
+        scratch_.resize(write_headroom_);
+        return scratch_;
+    }
+    std::vector<store::Principal*>& route_buffer() { return route_buffer_; }
+    std::string& to_buffer() { return to_buffer_; }
+    void register_live(Session& s);
+    void unregister_live(Session& s);
+    Session* find_live(const store::Principal& p, std::string_view device) const;
+    void note_pending(Session& s);
+    void note_stored(store::Principal& recipient, std::string_view sender, int64_t seq);
+    void forget(Session& s); // the session is being destroyed
+
+  private:
+    void tick();
+
+    uv_loop_t* loop_;
+    store::Store& store_;
+    router::ModuleSet& modules_;
+    BrokerLimits limits_;
+    size_t write_headroom_;
+    std::string server_name_;
+    FrameParser parser_;
+    std::string scratch_;
+    std::vector<store::Principal*> route_buffer_;
+    std::string to_buffer_;
+    uint64_t next_conn_id_ = 1;
+
+    std::unordered_map<uint64_t, Session*> sessions_;
+    std::unordered_map<int64_t, std::vector<Session*>> live_; // pid -> ready sessions
+    std::vector<Session*> pending_;                           // sessions with sends this turn
+    struct StoredEvent {
+        store::Principal* recipient;
+        std::string sender;
+        int64_t seq;
+    };
+    std::vector<StoredEvent> stored_events_;
+    std::vector<std::function<void(const core::Error*)>> after_commit_;
+    std::vector<store::Principal*> touched_;
+    std::vector<uint64_t> kill_list_;
+
+    core::UvCheck turn_end_;
+    core::UvTimer ticker_;
+};
+
+} // namespace meshd::session

@@ -1,0 +1,208 @@
+// session/frame: envelope parsing with simdjson and the raw-body scan.
+#include "session/frame.h"
+
+namespace meshd::session {
+
+namespace {
+
+bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+// Index just past the string token starting at json[i] == '"'.
+size_t skip_string(std::string_view json, size_t i, bool& escaped) {
+    ++i;
+    while (i < json.size()) {
+        char c = json[i];
+        if (c == '\\') {
+            escaped = true;
+            i += 2;
+            continue;
+        }
+        ++i;
+        if (c == '"')
+            break;
+    }
+    return i;
+}
+
+// Index just past the value starting at json[i] (valid JSON assumed).
+size_t skip_value(std::string_view json, size_t i) {
+    int depth = 0;
+    while (i < json.size()) {
+        char c = json[i];
+        if (c == '"') {
+            bool escaped = false;
+            i = skip_string(json, i, escaped);
+            if (depth == 0)
+                return i;
+            continue;
+        }
+        if (c == '{' || c == '[') {
+            ++depth;
+        } else if (c == '}' || c == ']') {
+            --depth;
+            if (depth == 0)
+                return i + 1;
+            if (depth < 0)
+                return i;
+        } else if (depth == 0 && (c == ',' || is_ws(c))) {
+            return i;
+        }
+        ++i;
+    }
+    return i;
+}
+
+FrameError error(const char* code, std::string message) {
+    return FrameError{code, std::move(message)};
+}
+
+} // namespace
+
+bool find_top_level_value(std::string_view json, std::string_view key, std::string_view& value) {
+    size_t i = 0;
+    while (i < json.size() && is_ws(json[i]))
+        ++i;
+    if (i >= json.size() || json[i] != '{')
+        return false;
+    ++i;
+    while (i < json.size()) {
+        while (i < json.size() && (is_ws(json[i]) || json[i] == ','))
+            ++i;
+        if (i >= json.size() || json[i] != '"')
+            return false;
+        bool escaped = false;
+        size_t key_start = i + 1;
+        i = skip_string(json, i, escaped);
+        if (escaped)
+            return false;
+        std::string_view k = json.substr(key_start, i - 1 - key_start);
+        while (i < json.size() && (is_ws(json[i]) || json[i] == ':'))
+            ++i;
+        size_t start = i;
+        i = skip_value(json, i);
+        if (k == key) {
+            value = json.substr(start, i - start);
+            return true;
+        }
+    }
+    return false;
+}
+
+FrameParser::FrameParser(size_t max_depth) : parser_(), max_depth_(max_depth) {
+    set_max_depth(max_depth);
+}
+
+void FrameParser::set_max_depth(size_t max_depth) {
+    max_depth_ = max_depth;
+    // The frame object itself is one level; a body may nest max_depth levels below it.
+    // A failed allocation leaves the parser to allocate on the next parse.
+    if (parser_.allocate(64 * 1024, max_depth + 2) != simdjson::SUCCESS)
+        return;
+}
+
+FrameError FrameParser::parse(std::string_view text, Frame& out) {
+    out = Frame{};
+    simdjson::dom::element root;
+    auto err = parser_.parse(text.data(), text.size(), false).get(root);
+    if (err == simdjson::DEPTH_ERROR)
+        return error("bad_frame", "JSON nesting is deeper than limits.max_depth (" +
+                                      std::to_string(max_depth_) + ")");
+    if (err)
+        return error("bad_frame", std::string("invalid JSON: ") + simdjson::error_message(err));
+    simdjson::dom::object obj;
+    if (root.get_object().get(obj))
+        return error("bad_frame", "a frame must be a JSON object");
+
+    // ref first, so that every later error can echo it.
+    if (auto r = obj["ref"]; r.error() == simdjson::SUCCESS) {
+        std::string_view ref;
+        if (r.get_string().get(ref) || ref.size() > 256)
+            return error("bad_frame", "\"ref\" must be a string of at most 256 bytes");
+        out.ref = ref;
+        out.has_ref = true;
+    }
+    std::string_view type;
+    auto t = obj["type"];
+    if (t.error() != simdjson::SUCCESS)
+        return error("bad_frame", "the frame has no \"type\"");
+    if (t.get_string().get(type))
+        return error("bad_frame", "\"type\" must be a string");
+    out.type_name = type;
+
+    auto get_string = [&](const char* key, std::string_view& into, bool& present,
+                          size_t max_len) -> FrameError {
+        auto v = obj[key];
+        if (v.error() != simdjson::SUCCESS)
+            return {};
+        if (v.get_string().get(into))
+            return error("bad_frame", std::string("\"") + key + "\" must be a string");
+        if (into.size() > max_len)
+            return error("bad_frame", std::string("\"") + key + "\" is longer than " +
+                                          std::to_string(max_len) + " bytes");
+        present = true;
+        return {};
+    };
+
+    if (type == "hello") {
+        out.type = FrameType::hello;
+        bool present = false;
+        if (auto e = get_string("token", out.token, out.has_token, 4096))
+            return e;
+        if (auto e = get_string("device", out.device, out.has_device, 1024))
+            return e;
+        if (auto e = get_string("id", out.claimed_id, present, 1024))
+            return e;
+        if (auto e = get_string("epoch", out.epoch, out.has_epoch, 256))
+            return e;
+        if (auto r = obj["resume"]; r.error() == simdjson::SUCCESS) {
+            std::string_view s;
+            int64_t n = 0;
+            if (!r.get_string().get(s) && s == "head") {
+                out.resume = Frame::Resume::head;
+            } else if (!r.get_int64().get(n) && n >= 0) {
+                out.resume = Frame::Resume::seq;
+                out.resume_seq = n;
+            } else {
+                return error("bad_frame", "\"resume\" must be a seq (integer >= 0) or \"head\"");
+            }
+        }
+        return {};
+    }
+    if (type == "auth") {
+        out.type = FrameType::auth;
+        return {};
+    }
+    if (type == "send") {
+        out.type = FrameType::send;
+        bool present = false;
+        if (obj["to"].error() != simdjson::SUCCESS)
+            return error("bad_frame", "send needs \"to\": a principal id or \"#group\"");
+        if (auto e = get_string("to", out.to, present, 256))
+            return e;
+        if (out.to.empty())
+            return error("bad_frame", "\"to\" must not be empty");
+        if (auto e = get_string("id", out.id, out.has_id, 1024))
+            return e;
+        auto b = obj["body"];
+        if (b.error() != simdjson::SUCCESS)
+            return error("bad_frame", "send needs \"body\": any JSON value");
+        if (!find_top_level_value(text, "body", out.body)) {
+            body_fallback_ = simdjson::minify(b.value_unsafe());
+            out.body = body_fallback_;
+        }
+        return {};
+    }
+    if (type == "ack") {
+        out.type = FrameType::ack;
+        auto u = obj["upto"];
+        if (u.error() != simdjson::SUCCESS)
+            return error("bad_frame", "ack needs \"upto\": the highest seq this device processed");
+        if (u.get_int64().get(out.upto) || out.upto < 0)
+            return error("bad_frame", "\"upto\" must be an integer >= 0");
+        return {};
+    }
+    out.type = FrameType::unknown;
+    return {};
+}
+
+} // namespace meshd::session

@@ -1,0 +1,67 @@
+// session/frame: parsing one client frame (a JSON text) into its envelope fields.
+//
+// The whole frame is validated by simdjson's DOM parser (JSON grammar, UTF-8, nesting depth).
+// The envelope fields are read from the DOM; the `body` is taken as the exact JSON text the
+// client sent (found by a scan of the validated text), so it is relayed without re-encoding.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <simdjson.h>
+
+namespace meshd::session {
+
+enum class FrameType { unknown, hello, auth, send, ack };
+
+struct Frame {
+    FrameType type = FrameType::unknown;
+    std::string_view type_name;
+    std::string_view ref; // empty when absent
+    bool has_ref = false;
+    // hello
+    bool has_token = false;
+    std::string_view token;
+    bool has_device = false;
+    std::string_view device;
+    std::string_view claimed_id;
+    std::string_view epoch;
+    bool has_epoch = false;
+    enum class Resume { none, seq, head } resume = Resume::none;
+    int64_t resume_seq = 0;
+    // send
+    std::string_view to;
+    std::string_view body; // raw JSON text of the value
+    bool has_id = false;
+    std::string_view id;
+    // ack
+    int64_t upto = 0;
+};
+
+struct FrameError {
+    const char* code = nullptr; // null: no error
+    std::string message;
+    explicit operator bool() const { return code != nullptr; }
+};
+
+class FrameParser {
+  public:
+    explicit FrameParser(size_t max_depth);
+    void set_max_depth(size_t max_depth);
+    // `text` must have at least simdjson::SIMDJSON_PADDING readable bytes after its end.
+    // Views in `out` stay valid until the next parse or until `text` changes.
+    FrameError parse(std::string_view text, Frame& out);
+
+  private:
+    simdjson::dom::parser parser_;
+    std::string body_fallback_;
+    size_t max_depth_;
+};
+
+// Finds the raw text of the value of the first top-level key `key` in a JSON object text that
+// is already known to be valid. Returns false if the key is absent or a key before it uses
+// escapes (then the caller must fall back to the DOM).
+bool find_top_level_value(std::string_view json, std::string_view key, std::string_view& value);
+
+} // namespace meshd::session

@@ -1,0 +1,525 @@
+// session/session: frame handling and the pull-based output of one connection.
+#include "session/session.h"
+
+#include <algorithm>
+#include <sodium.h>
+
+#include "core/clock.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "core/names.h"
+#include "session/broker.h"
+#include "session/frame.h"
+
+namespace meshd::session {
+
+namespace {
+
+constexpr size_t page_rows = 256;
+constexpr size_t page_bytes = 256 * 1024;
+constexpr uint64_t close_grace_ms = 3000;
+constexpr int max_unanswered_pings = 2;
+
+void append_ack(std::string& buf, const auto& a) {
+    buf += R"({"type":"ack",)";
+    if (a.has_ref) {
+        buf += R"("ref":)";
+        core::json_append_string(buf, a.ref);
+        buf += ',';
+    }
+    buf += R"("seq":)";
+    core::json_append_int(buf, a.seq);
+    if (a.dup)
+        buf += R"(,"dup":true)";
+    buf += '}';
+}
+
+std::string new_session_id() {
+    unsigned char raw[9];
+    randombytes_buf(raw, sizeof raw);
+    char hex[19];
+    sodium_bin2hex(hex, sizeof hex, raw, sizeof raw);
+    return std::string("s-") + hex;
+}
+
+} // namespace
+
+Session::Session(Broker& broker, Link& link, uint64_t conn_id, std::string remote,
+                 std::string bearer)
+    : broker_(broker), link_(link), conn_id_(conn_id), remote_(std::move(remote)),
+      bearer_(std::move(bearer)), session_id_(new_session_id()), connected_ms_(core::wall_ms()),
+      opened_loop_ms_(broker.now_ms()) {
+    last_ping_ms_ = opened_loop_ms_;
+}
+
+Session::~Session() {
+    if (!bearer_.empty())
+        sodium_memzero(bearer_.data(), bearer_.size());
+    broker_.forget(*this);
+}
+
+void Session::queue_control(std::string frame) {
+    control_bytes_ += frame.size();
+    control_.push_back(std::move(frame));
+    if (control_bytes_ > broker_.limits().max_queue) {
+        MESHD_LOG(warn, "conn.too_slow", "conn=%llu queued_bytes=%zu",
+                  static_cast<unsigned long long>(conn_id_), control_bytes_);
+        close(4001, "too slow: output queue over limits.max_queue; resume later");
+        return;
+    }
+    link_.want_write();
+}
+
+void Session::send_error(std::string_view code, std::string_view message, std::string_view ref,
+                         bool has_ref, uint32_t retry_after_ms) {
+    std::string f;
+    f.reserve(64 + message.size() + ref.size());
+    f += R"({"type":"error",)";
+    if (has_ref) {
+        f += R"("ref":)";
+        core::json_append_string(f, ref);
+        f += ',';
+    }
+    f += R"("code":)";
+    core::json_append_string(f, code);
+    f += R"(,"message":)";
+    core::json_append_string(f, message);
+    if (retry_after_ms > 0) {
+        f += R"(,"retry_after_ms":)";
+        core::json_append_int(f, retry_after_ms);
+    }
+    f += '}';
+    queue_control(std::move(f));
+}
+
+void Session::on_text(std::string& frame) {
+    if (state_ != State::fresh && state_ != State::ready)
+        return;
+    pings_unanswered_ = 0;
+    Frame f;
+    FrameError err = broker_.parser().parse(frame, f);
+    if (err) {
+        send_error(err.code, err.message, f.ref, f.has_ref);
+        return;
+    }
+    switch (f.type) {
+    case FrameType::hello:
+        handle_hello(f);
+        return;
+    case FrameType::auth:
+        if (state_ == State::fresh)
+            send_error("unauthorized", "no challenge is pending: send hello first", f.ref,
+                       f.has_ref);
+        else
+            send_error("bad_frame", "already authenticated", f.ref, f.has_ref);
+        return;
+    case FrameType::send:
+    case FrameType::ack:
+    case FrameType::unknown:
+        break;
+    }
+    if (state_ != State::ready) {
+        send_error("unauthorized", "send hello first: nothing else is accepted before welcome",
+                   f.ref, f.has_ref);
+        return;
+    }
+    if (f.type == FrameType::send)
+        handle_send(f);
+    else if (f.type == FrameType::ack)
+        handle_ack(f);
+    else
+        send_error("unknown_type", "unknown frame type '" + std::string(f.type_name) + "'",
+                   f.ref, f.has_ref);
+}
+
+void Session::on_binary() {
+    if (state_ == State::fresh || state_ == State::ready)
+        send_error("bad_frame", "binary frames are not accepted; send JSON text frames", {},
+                   false);
+}
+
+void Session::on_too_large(size_t bytes) {
+    if (state_ == State::fresh || state_ == State::ready)
+        send_error("too_large",
+                   "frame of " + std::to_string(bytes) + " bytes is over limits.max_frame (" +
+                       std::to_string(broker_.limits().max_frame) + ")",
+                   {}, false);
+}
+
+void Session::on_pong() { pings_unanswered_ = 0; }
+
+void Session::handle_hello(const Frame& f) {
+    if (state_ == State::ready) {
+        send_error("bad_frame",
+                   "already authenticated as " + principal_->name +
+                       "; open a new connection to log in again",
+                   f.ref, f.has_ref);
+        return;
+    }
+    std::string_view device = f.has_device ? f.device : std::string_view("default");
+    if (!core::valid_device(device)) {
+        send_error("bad_frame", "\"device\" must match [A-Za-z0-9._-]{1,64}", f.ref, f.has_ref);
+        return;
+    }
+    std::string claimed;
+    if (!f.claimed_id.empty()) {
+        auto c = core::canonical_principal(f.claimed_id);
+        if (!c) {
+            send_error("unauthorized", "\"id\" is not a valid principal name", f.ref, f.has_ref);
+            close(1008, "unauthorized", true);
+            return;
+        }
+        claimed = std::move(*c);
+    }
+    std::string_view token = f.has_token ? f.token : std::string_view(bearer_);
+    router::AuthOutcome auth = broker_.modules().auth(token, claimed, device, remote_);
+    if (!auth.principal) {
+        MESHD_LOG(info, "session.auth_failed", "conn=%llu remote=%s message=%s",
+                  static_cast<unsigned long long>(conn_id_), remote_.c_str(),
+                  core::log_value(auth.message).c_str());
+        send_error("unauthorized", auth.message, f.ref, f.has_ref);
+        close(1008, "unauthorized", true);
+        return;
+    }
+    store::Principal& p = *auth.principal;
+    store::Store& store = broker_.store();
+    if (f.has_epoch && f.epoch != store.epoch()) {
+        send_error("resume_invalid",
+                   "epoch '" + std::string(f.epoch) + "' is not this store's epoch '" +
+                       store.epoch() +
+                       "': seqs are not comparable; send hello without resume and epoch",
+                   f.ref, f.has_ref);
+        return;
+    }
+    if (f.resume == Frame::Resume::seq && f.resume_seq > p.committed_head) {
+        send_error("resume_invalid",
+                   "resume " + std::to_string(f.resume_seq) + " is above the log's head " +
+                       std::to_string(p.committed_head),
+                   f.ref, f.has_ref);
+        return;
+    }
+    Session* old = broker_.find_live(p, device);
+    if (!old && !p.cursors.contains(std::string(device)) &&
+        broker_.device_count(p) >= broker_.limits().max_devices) {
+        send_error("forbidden",
+                   std::string(p.name) + " already uses " +
+                       std::to_string(broker_.limits().max_devices) +
+                       " devices (limits.max_devices); reuse a device name or ask the admin to "
+                       "raise the limit",
+                   f.ref, f.has_ref);
+        return;
+    }
+    if (old)
+        old->close(4000, "replaced by a newer connection of the same principal and device");
+
+    int64_t cursor = store.cursor(p, device);
+    int64_t start = cursor;
+    if (f.resume == Frame::Resume::head)
+        start = p.committed_head;
+    else if (f.resume == Frame::Resume::seq)
+        start = std::max(f.resume_seq, cursor);
+    principal_ = &p;
+    device_ = std::string(device);
+    next_seq_ = start + 1;
+    sync_target_ = p.committed_head;
+    synced_ = false;
+    state_ = State::ready;
+    if (!bearer_.empty())
+        sodium_memzero(bearer_.data(), bearer_.size());
+    bearer_.clear();
+    broker_.register_live(*this);
+
+    std::string w;
+    w.reserve(192);
+    w += R"({"type":"welcome","id":)";
+    core::json_append_string(w, p.name);
+    w += R"(,"kind":)";
+    core::json_append_string(w, store::to_string(p.kind));
+    w += R"(,"session":)";
+    core::json_append_string(w, session_id_);
+    w += R"(,"seq":)";
+    core::json_append_int(w, p.committed_head);
+    w += R"(,"epoch":)";
+    core::json_append_string(w, store.epoch());
+    w += R"(,"server":)";
+    core::json_append_string(w, broker_.server_name());
+    w += R"(,"device":)";
+    core::json_append_string(w, device_);
+    w += R"(,"cursor":)";
+    core::json_append_int(w, cursor);
+    w += R"(,"max_frame":)";
+    core::json_append_int(w, static_cast<int64_t>(broker_.limits().max_frame));
+    w += '}';
+    queue_control(std::move(w));
+    MESHD_LOG(info, "session.open", "conn=%llu principal=%s device=%s session=%s remote=%s",
+              static_cast<unsigned long long>(conn_id_), p.name.c_str(), device_.c_str(),
+              session_id_.c_str(), remote_.c_str());
+    broker_.modules().session_event(true, p, device_, session_id_);
+}
+
+void Session::handle_send(const Frame& f) {
+    if (f.has_id && !core::valid_client_id(f.id)) {
+        send_error("bad_frame", "\"id\" must be 1-64 printable ASCII characters", f.ref,
+                   f.has_ref);
+        return;
+    }
+    if (acks_.size() >= broker_.limits().max_inflight) {
+        send_error("rate_limited",
+                   "more than " + std::to_string(broker_.limits().max_inflight) +
+                       " sends await their ack (limits.max_inflight); read the acks, then send",
+                   f.ref, f.has_ref, 100);
+        return;
+    }
+    auto& recipients = broker_.route_buffer();
+    std::string& to = broker_.to_buffer();
+    router::RouteOutcome route = broker_.modules().route(*principal_, f.to, recipients, to);
+    if (!route.ok) {
+        send_error(route.code, route.message, f.ref, f.has_ref);
+        return;
+    }
+    router::CheckOutcome check =
+        broker_.modules().check(*principal_, to, f.body, recipients.size());
+    if (!check.ok) {
+        send_error(check.code, check.message, f.ref, f.has_ref, check.retry_after_ms);
+        return;
+    }
+    auto r = broker_.store().append(principal_, to, recipients, f.body,
+                                    f.has_id ? f.id : std::string_view(), core::wall_ms());
+    if (!r) {
+        send_error(r.error().code, r.error().message, f.ref, f.has_ref);
+        return;
+    }
+    PendingAck ack{r->sender_seq, r->dup, std::string(f.ref), f.has_ref};
+    auto pos = std::upper_bound(acks_.begin(), acks_.end(), ack.seq,
+                                [](int64_t seq, const PendingAck& a) { return seq < a.seq; });
+    acks_.insert(pos, std::move(ack));
+    broker_.note_pending(*this);
+    if (!r->dup && broker_.modules().wants_stored())
+        for (store::Principal* rcpt : recipients)
+            broker_.note_stored(*rcpt, principal_->name, rcpt->head);
+    if (r->dup && r->sender_seq <= principal_->committed_head)
+        link_.want_write();
+}
+
+void Session::handle_ack(const Frame& f) {
+    if (f.upto > principal_->committed_head) {
+        send_error("bad_frame",
+                   "upto " + std::to_string(f.upto) + " is above the log's head " +
+                       std::to_string(principal_->committed_head),
+                   f.ref, f.has_ref);
+        return;
+    }
+    broker_.store().set_cursor(*principal_, device_, f.upto);
+}
+
+void Session::fail_pending(const core::Error& error) {
+    if (!principal_)
+        return;
+    auto first_failed =
+        std::upper_bound(acks_.begin(), acks_.end(), principal_->committed_head,
+                         [](int64_t seq, const PendingAck& a) { return seq < a.seq; });
+    std::vector<PendingAck> failed(std::make_move_iterator(first_failed),
+                                   std::make_move_iterator(acks_.end()));
+    acks_.erase(first_failed, acks_.end());
+    for (const PendingAck& a : failed)
+        send_error(error.code, error.message, a.ref, a.has_ref);
+}
+
+void Session::wake() {
+    if (state_ == State::ready)
+        link_.want_write();
+}
+
+void Session::detach() {
+    if (state_ == State::ready && principal_) {
+        broker_.unregister_live(*this);
+        broker_.modules().session_event(false, *principal_, device_, session_id_);
+    }
+}
+
+void Session::close(uint16_t code, std::string_view reason, bool flush) {
+    if (state_ == State::closing || state_ == State::close_sent || state_ == State::gone)
+        return;
+    detach();
+    MESHD_LOG(info, "session.close", "conn=%llu code=%u reason=%s principal=%s",
+              static_cast<unsigned long long>(conn_id_), static_cast<unsigned>(code),
+              core::log_value(reason).c_str(), principal_ ? principal_->name.c_str() : "-");
+    state_ = State::closing;
+    principal_ = nullptr;
+    acks_.clear();
+    page_.clear();
+    close_flush_ = flush;
+    if (!flush) {
+        control_.clear();
+        control_bytes_ = 0;
+    }
+    close_code_ = code;
+    close_reason_ = std::string(reason.substr(0, 120)); // a close frame's payload is <= 125
+    close_deadline_ms_ = broker_.now_ms() + close_grace_ms;
+    link_.want_write();
+}
+
+void Session::on_closed() {
+    detach();
+    state_ = State::gone;
+    principal_ = nullptr;
+}
+
+void Session::tick(uint64_t now_ms) {
+    const BrokerLimits& limits = broker_.limits();
+    if (state_ == State::fresh && now_ms - opened_loop_ms_ >= limits.hello_timeout_ms) {
+        send_error("unauthorized",
+                   "no hello within " + std::to_string(limits.hello_timeout_ms) +
+                       " ms (limits.hello_timeout_ms)",
+                   {}, false);
+        close(1008, "hello timeout", true);
+        return;
+    }
+    if (state_ == State::ready && now_ms - last_ping_ms_ >= limits.ping_interval_ms) {
+        if (pings_unanswered_ >= max_unanswered_pings) {
+            MESHD_LOG(info, "session.dead", "conn=%llu principal=%s",
+                      static_cast<unsigned long long>(conn_id_), principal_->name.c_str());
+            close(1001, "no pong to two pings");
+            close_deadline_ms_ = now_ms; // a dead peer will not echo the close
+            return;
+        }
+        ping_due_ = true;
+        last_ping_ms_ = now_ms;
+        link_.want_write();
+    }
+}
+
+bool Session::kill_due(uint64_t now_ms) const {
+    return (state_ == State::closing || state_ == State::close_sent) &&
+           now_ms >= close_deadline_ms_;
+}
+
+const store::LogEntry* Session::entry_at(int64_t seq) {
+    const auto& tail = principal_->tail;
+    if (!tail.empty() && seq >= tail.front().seq && seq <= tail.back().seq)
+        return &tail[static_cast<size_t>(seq - tail.front().seq)];
+    if (page_.empty() || seq < page_.front().seq || seq > page_.back().seq) {
+        auto r = broker_.store().read_page(*principal_, seq, page_rows, page_bytes, page_);
+        if (!r) {
+            MESHD_LOG(error, "session.read_failed", "conn=%llu message=%s",
+                      static_cast<unsigned long long>(conn_id_),
+                      core::log_value(r.error().message).c_str());
+            page_.clear();
+            return nullptr;
+        }
+        if (page_.empty())
+            return nullptr;
+    }
+    if (seq < page_.front().seq)
+        return nullptr;
+    return &page_[static_cast<size_t>(seq - page_.front().seq)];
+}
+
+OutFrame Session::next_frame() {
+    OutFrame out;
+    std::string& buf = broker_.scratch();
+    auto finish = [&](OutFrame::Kind kind) {
+        out.kind = kind;
+        out.data = buf.data() + broker_.write_headroom();
+        out.len = buf.size() - broker_.write_headroom();
+        return out;
+    };
+    auto pop_control = [&] {
+        buf += control_.front();
+        control_bytes_ -= control_.front().size();
+        control_.pop_front();
+        return finish(OutFrame::Kind::text);
+    };
+
+    if (state_ == State::closing) {
+        if (close_flush_ && !control_.empty())
+            return pop_control();
+        buf += static_cast<char>(close_code_ >> 8);
+        buf += static_cast<char>(close_code_ & 0xff);
+        buf += close_reason_;
+        state_ = State::close_sent;
+        return finish(OutFrame::Kind::close);
+    }
+    if (state_ != State::fresh && state_ != State::ready)
+        return out;
+    if (ping_due_) {
+        ping_due_ = false;
+        ++pings_unanswered_;
+        buf += "meshd"; // measured: lws 4.1.6 reported no RECEIVE_PONG for empty pongs
+        return finish(OutFrame::Kind::ping);
+    }
+    if (!control_.empty())
+        return pop_control();
+    if (state_ != State::ready)
+        return out;
+
+    store::Principal& p = *principal_;
+    // Acks of earlier (already delivered or deduplicated) seqs go out as soon as committed.
+    if (!acks_.empty() && acks_.front().seq < next_seq_ &&
+        acks_.front().seq <= p.committed_head) {
+        append_ack(buf, acks_.front());
+        acks_.pop_front();
+        return finish(OutFrame::Kind::text);
+    }
+    if (!synced_ && next_seq_ > sync_target_) {
+        synced_ = true;
+        buf += R"({"type":"synced","seq":)";
+        core::json_append_int(buf, sync_target_);
+        buf += '}';
+        return finish(OutFrame::Kind::text);
+    }
+    while (next_seq_ <= p.committed_head) {
+        if (!acks_.empty() && acks_.front().seq == next_seq_) {
+            // This device's own send: its ack stands for the msg at this seq.
+            append_ack(buf, acks_.front());
+            acks_.pop_front();
+            if (acks_.empty() || acks_.front().seq != next_seq_)
+                ++next_seq_;
+            return finish(OutFrame::Kind::text);
+        }
+        const store::LogEntry* e = entry_at(next_seq_);
+        if (!e) {
+            // Rows below the page's first seq are gone (deleted); skip to what exists.
+            if (!page_.empty() && page_.front().seq > next_seq_) {
+                next_seq_ = page_.front().seq;
+                continue;
+            }
+            next_seq_ = p.committed_head + 1;
+            break;
+        }
+        const store::MessageData& m = *e->msg;
+        buf.reserve(buf.size() + 96 + m.from.size() + m.to.size() + m.body.size());
+        buf += R"({"type":"msg","seq":)";
+        core::json_append_int(buf, e->seq);
+        buf += R"(,"from":)";
+        core::json_append_string(buf, m.from);
+        buf += R"(,"to":)";
+        core::json_append_string(buf, m.to);
+        buf += R"(,"ts":)";
+        core::json_append_int(buf, m.ts);
+        if (!m.client_id.empty()) {
+            buf += R"(,"id":)";
+            core::json_append_string(buf, m.client_id);
+        }
+        buf += R"(,"body":)";
+        buf += m.body;
+        buf += '}';
+        ++next_seq_;
+        if (!page_.empty() && next_seq_ > page_.back().seq) {
+            page_.clear();
+            if (page_.capacity() > page_rows)
+                page_.shrink_to_fit();
+        }
+        return finish(OutFrame::Kind::text);
+    }
+    if (!synced_ && next_seq_ > sync_target_) {
+        synced_ = true;
+        buf += R"({"type":"synced","seq":)";
+        core::json_append_int(buf, sync_target_);
+        buf += '}';
+        return finish(OutFrame::Kind::text);
+    }
+    return out;
+}
+
+} // namespace meshd::session

@@ -1,0 +1,135 @@
+// session/session: one client connection's state machine and its cursor-driven output.
+//
+//   new ──hello ok──▶ ready ──close()──▶ closing ──close frame written──▶ close_sent
+//    │                                     ▲                              (lws closes on the
+//    └──bad credentials / hello timeout────┘                               peer's echo, or
+//                                                                          kill after 3 s)
+// Transitions: on_text() -> handle_hello() (new->ready); close() (any->closing);
+// next_frame() (closing->close_sent). on_closed() ends the object's life.
+//
+// Output is pulled, not pushed: the transport asks next_frame() on each writable callback.
+// Control frames (welcome, errors) come from a small byte-capped queue; messages are read
+// from the principal's log at next_seq_ (memory tail, else a page from SQLite), so a slow
+// reader never makes meshd buffer its backlog. Invariant: frames to one device leave in seq
+// order; the ack for this device's own send takes the place of the msg at that seq.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "store/store.h"
+
+namespace meshd::session {
+
+class Broker;
+
+// What the transport does for a session.
+class Link {
+  public:
+    virtual void want_write() = 0; // call next_frame() on the next writable callback
+    virtual void kill() = 0;       // drop the TCP connection now, without a close handshake
+  protected:
+    ~Link() = default;
+};
+
+struct OutFrame {
+    enum class Kind { none, text, ping, close };
+    Kind kind = Kind::none;
+    // The payload; broker().write_headroom() writable bytes precede it in memory.
+    char* data = nullptr;
+    size_t len = 0;
+};
+
+class Session {
+  public:
+    enum class State { fresh, ready, closing, close_sent, gone };
+
+    Session(Broker& broker, Link& link, uint64_t conn_id, std::string remote,
+            std::string bearer);
+    ~Session();
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+
+    // ---- transport events ----
+    // `frame` has spare capacity for the parser's padding; it may be modified.
+    void on_text(std::string& frame);
+    void on_binary();
+    void on_too_large(size_t bytes);
+    void on_pong();
+    void on_closed();
+    OutFrame next_frame();
+
+    // ---- the one close path ----
+    // Stops reading and drops queued output (unless flush: then queued control frames, such
+    // as the error that explains the close, go first); the close frame is written next.
+    void close(uint16_t code, std::string_view reason, bool flush = false);
+
+    // ---- broker-facing ----
+    void wake();                     // new committed entries or acks may be ready
+    void fail_pending(const core::Error& error); // the batch failed: un-ack its sends
+    void tick(uint64_t now_ms);      // timeouts and pings
+    bool kill_due(uint64_t now_ms) const;
+    void kill_link() { link_.kill(); } // may destroy this session before returning
+
+    State state() const { return state_; }
+    uint64_t conn_id() const { return conn_id_; }
+    store::Principal* principal() const { return principal_; }
+    const std::string& device() const { return device_; }
+    const std::string& session_id() const { return session_id_; }
+    const std::string& remote() const { return remote_; }
+    int64_t connected_ms() const { return connected_ms_; }
+    int64_t next_seq() const { return next_seq_; }
+    bool in_batch = false; // listed in the broker's pending sessions of this turn
+
+  private:
+    struct PendingAck {
+        int64_t seq;
+        bool dup;
+        std::string ref;
+        bool has_ref;
+    };
+
+    void handle_hello(const struct Frame& f);
+    void handle_send(const struct Frame& f);
+    void handle_ack(const struct Frame& f);
+    void send_error(std::string_view code, std::string_view message, std::string_view ref,
+                    bool has_ref, uint32_t retry_after_ms = 0);
+    void queue_control(std::string frame);
+    const store::LogEntry* entry_at(int64_t seq);
+    void detach();         // leaves the principal's live set
+
+    Broker& broker_;
+    Link& link_;
+    uint64_t conn_id_;
+    std::string remote_;
+    std::string bearer_;
+    std::string session_id_;
+    std::string device_;
+    store::Principal* principal_ = nullptr;
+    State state_ = State::fresh;
+    int64_t connected_ms_ = 0;
+    uint64_t opened_loop_ms_ = 0;
+
+    // output
+    std::deque<std::string> control_;
+    size_t control_bytes_ = 0;
+    std::deque<PendingAck> acks_; // sorted by seq
+    int64_t next_seq_ = 1;
+    int64_t sync_target_ = 0;
+    bool synced_ = true;
+    std::vector<store::LogEntry> page_;
+
+    // liveness and closing
+    bool ping_due_ = false;
+    int pings_unanswered_ = 0;
+    uint64_t last_ping_ms_ = 0;
+    uint16_t close_code_ = 0;
+    std::string close_reason_;
+    bool close_flush_ = false;
+    uint64_t close_deadline_ms_ = 0;
+};
+
+} // namespace meshd::session

@@ -1,0 +1,302 @@
+// transport/ws_server: the lws protocol callback, receive assembly, writes and the raw close
+// frame Debian's lws 4.1 needs (see shared/notes/lws-4.1-on-uv.md §2).
+#include "transport/ws_server.h"
+
+#include <cstring>
+#include <libwebsockets.h>
+#include <simdjson.h>
+
+#include "core/log.h"
+
+namespace meshd::transport {
+
+size_t write_headroom() { return LWS_PRE; }
+
+namespace {
+
+constexpr size_t shrink_above = 64 * 1024;
+
+// One accepted WebSocket connection.
+class Connection final : public session::Link {
+  public:
+    Connection(WsServer& server, lws* wsi) : server_(server), wsi_(wsi) {}
+    ~Connection() = default;
+    Connection(const Connection&) = delete;
+    Connection& operator=(const Connection&) = delete;
+
+    void want_write() override {
+        if (!dead_)
+            lws_callback_on_writable(wsi_);
+    }
+    void kill() override {
+        if (dead_)
+            return;
+        dead_ = true;
+        // Synchronous: CLOSED fires (and destroys this object) before this returns.
+        lws_set_timeout(wsi_, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
+    }
+
+    void on_receive(const char* in, size_t len, bool first, bool final, bool binary) {
+        if (first) {
+            rx_.clear();
+            rx_total_ = 0;
+            rx_oversize_ = false;
+            rx_binary_ = binary;
+        }
+        rx_total_ += len;
+        if (!rx_binary_ && !rx_oversize_) {
+            if (rx_.size() + len > server_.max_frame()) {
+                rx_oversize_ = true;
+                std::string().swap(rx_);
+            } else {
+                rx_.append(in, len);
+            }
+        }
+        if (!final)
+            return;
+        if (rx_binary_) {
+            session_->on_binary();
+        } else if (rx_oversize_) {
+            session_->on_too_large(rx_total_);
+        } else {
+            rx_.reserve(rx_.size() + simdjson::SIMDJSON_PADDING);
+            session_->on_text(rx_);
+        }
+        // Buffers grow only while a frame is in flight, then shrink back.
+        if (rx_.capacity() > shrink_above)
+            std::string().swap(rx_);
+        else
+            rx_.clear();
+    }
+
+    // One lws_write per writable callback; asks for another while output remains.
+    int on_writable() {
+        session::OutFrame f = session_->next_frame();
+        switch (f.kind) {
+        case session::OutFrame::Kind::none:
+            return 0;
+        case session::OutFrame::Kind::text:
+            if (lws_write(wsi_, reinterpret_cast<unsigned char*>(f.data), f.len,
+                          LWS_WRITE_TEXT) < static_cast<int>(f.len))
+                return -1;
+            break;
+        case session::OutFrame::Kind::ping:
+            if (lws_write(wsi_, reinterpret_cast<unsigned char*>(f.data), f.len,
+                          LWS_WRITE_PING) < 0)
+                return -1;
+            break;
+        case session::OutFrame::Kind::close:
+            // Debian's lws 4.1 debug build sends only a FIN for lws_close_reason()+return -1,
+            // so write the close frame ourselves; lws closes when the peer echoes it, and the
+            // broker kills the connection if that takes longer than 3 s.
+            if (lws_write(wsi_, reinterpret_cast<unsigned char*>(f.data), f.len,
+                          static_cast<lws_write_protocol>(4 /* LWS_WRITE_CLOSE, internal in 4.1 */)) < 0)
+                return -1;
+            return 0;
+        }
+        lws_callback_on_writable(wsi_);
+        return 0;
+    }
+
+    void attach(std::unique_ptr<session::Session> s) { session_ = std::move(s); }
+    session::Session* session() { return session_.get(); }
+    void closed() {
+        dead_ = true;
+        session_->on_closed();
+    }
+
+  private:
+    WsServer& server_;
+    lws* wsi_;
+    std::unique_ptr<session::Session> session_;
+    std::string rx_;
+    size_t rx_total_ = 0;
+    bool rx_oversize_ = false;
+    bool rx_binary_ = false;
+    bool dead_ = false;
+};
+
+struct PerSession {
+    Connection* conn;
+};
+
+std::string peer_address(lws* wsi) {
+    char ip[64] = {0};
+    lws_get_peer_simple(wsi, ip, sizeof ip);
+    int fd = lws_get_socket_fd(wsi);
+    sockaddr_storage ss{};
+    socklen_t sl = sizeof ss;
+    int port = 0;
+    if (fd >= 0 && getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &sl) == 0) {
+        if (ss.ss_family == AF_INET)
+            port = ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+        else if (ss.ss_family == AF_INET6)
+            port = ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+    }
+    return std::string(ip) + ":" + std::to_string(port);
+}
+
+std::string bearer_token(lws* wsi) {
+    int n = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION);
+    if (n <= 0 || n > 4096)
+        return {};
+    std::string value(static_cast<size_t>(n) + 1, '\0');
+    if (lws_hdr_copy(wsi, value.data(), n + 1, WSI_TOKEN_HTTP_AUTHORIZATION) < 0)
+        return {};
+    value.resize(static_cast<size_t>(n));
+    constexpr std::string_view scheme = "Bearer ";
+    if (value.size() <= scheme.size() || strncasecmp(value.c_str(), "Bearer ", 7) != 0)
+        return {};
+    return value.substr(scheme.size());
+}
+
+bool path_is_ws(lws* wsi) {
+    char uri[64] = {0};
+    int n = lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
+    if (n <= 0)
+        return false;
+    std::string_view path(uri, static_cast<size_t>(n));
+    if (auto q = path.find('?'); q != std::string_view::npos)
+        path = path.substr(0, q);
+    return path == "/v1/ws";
+}
+
+int callback(lws* wsi, lws_callback_reasons reason, void* user, void* in, size_t len) noexcept {
+    auto* server = static_cast<WsServer*>(lws_context_user(lws_get_context(wsi)));
+    auto* pss = static_cast<PerSession*>(user);
+    try {
+        switch (reason) {
+        case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+            return server && server->accepting() ? 0 : 1;
+        case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+            if (!server->accepting() || !path_is_ws(wsi))
+                return 1;
+            return 0;
+        case LWS_CALLBACK_ESTABLISHED: {
+            auto conn = std::make_unique<Connection>(*server, wsi);
+            conn->attach(server->broker().open_session(*conn, peer_address(wsi),
+                                                       bearer_token(wsi)));
+            pss->conn = conn.release(); // owned by lws's per-session slot until CLOSED
+            return 0;
+        }
+        case LWS_CALLBACK_RECEIVE:
+            if (pss && pss->conn)
+                pss->conn->on_receive(static_cast<const char*>(in), len,
+                                      lws_is_first_fragment(wsi), lws_is_final_fragment(wsi),
+                                      lws_frame_is_binary(wsi));
+            return 0;
+        case LWS_CALLBACK_RECEIVE_PONG:
+            if (pss && pss->conn)
+                pss->conn->session()->on_pong();
+            return 0;
+        case LWS_CALLBACK_SERVER_WRITEABLE:
+            if (pss && pss->conn)
+                return pss->conn->on_writable();
+            return 0;
+        case LWS_CALLBACK_CLOSED:
+            if (pss && pss->conn) {
+                std::unique_ptr<Connection> conn(pss->conn);
+                pss->conn = nullptr;
+                conn->closed();
+            }
+            return 0;
+        case LWS_CALLBACK_HTTP:
+            if (lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND,
+                                       "meshd: WebSocket endpoint is /v1/ws"))
+                return -1;
+            return lws_http_transaction_completed(wsi) ? -1 : 0;
+        default:
+            return 0;
+        }
+    } catch (const std::exception& e) {
+        MESHD_LOG(error, "transport.exception", "reason=%d message=%s", static_cast<int>(reason),
+                  core::log_value(e.what()).c_str());
+        return -1;
+    }
+}
+
+const lws_protocols protocols[] = {
+    {"meshd.v1", callback, sizeof(PerSession), 4096, 0, nullptr, 65536},
+    {nullptr, nullptr, 0, 0, 0, nullptr, 0},
+};
+
+void lws_log_line(int level, const char* line) {
+    std::string_view l(line);
+    while (!l.empty() && (l.back() == '\n' || l.back() == ' '))
+        l.remove_suffix(1);
+    std::string fields = "message=" + core::log_value(l);
+    core::log_event(level == LLL_ERR ? core::LogLevel::error : core::LogLevel::warn, "lws",
+                    fields);
+}
+
+} // namespace
+
+core::Result<std::unique_ptr<WsServer>> WsServer::start(uv_loop_t* loop,
+                                                        const core::Config& config,
+                                                        session::Broker& broker) {
+    lws_set_log_level(LLL_ERR, lws_log_line);
+    std::unique_ptr<WsServer> server(new WsServer(broker));
+    server->max_frame_ = static_cast<size_t>(config.max_frame);
+
+    lws_context_creation_info info{};
+    void* loops[] = {loop};
+    info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+    info.foreign_loops = loops;
+    info.port = CONTEXT_PORT_NO_LISTEN;
+    info.protocols = protocols;
+    info.user = server.get();
+    info.pcontext = &server->context_;
+    info.gid = -1;
+    info.uid = -1;
+    server->context_ = lws_create_context(&info);
+    if (!server->context_)
+        return core::make_error("internal", "cannot create the libwebsockets context (is "
+                                            "libwebsockets-evlib-uv installed?)");
+    int index = 0;
+    for (const core::ListenAddr& addr : config.listen) {
+        lws_context_creation_info vh{};
+        std::string name = "listen" + std::to_string(index++);
+        vh.vhost_name = name.c_str();
+        vh.port = addr.port;
+        vh.iface = addr.host.c_str();
+        vh.protocols = protocols;
+        vh.options = LWS_SERVER_OPTION_LIBUV;
+        if (addr.host.find(':') == std::string::npos)
+            vh.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+        lws_vhost* v = lws_create_vhost(server->context_, &vh);
+        if (!v) {
+            // Two destroys need the loop to run between them (lws 4.1 on a foreign loop).
+            server->destroy_begin();
+            for (int i = 0; i < 20 && uv_run(loop, UV_RUN_NOWAIT) != 0; ++i) {
+            }
+            return core::make_error("internal", "cannot listen on " + addr.text +
+                                                    " (server.listen): address in use or not "
+                                                    "available on this host");
+        }
+        int port = lws_get_vhost_listen_port(v);
+        std::string host = addr.host.find(':') == std::string::npos ? addr.host
+                                                                     : "[" + addr.host + "]";
+        server->listening_.push_back(host + ":" + std::to_string(port));
+    }
+    return server;
+}
+
+void WsServer::destroy_begin() {
+    if (context_ && !destroy_begun_) {
+        destroy_begun_ = true;
+        lws_context_destroy(context_);
+    }
+}
+
+WsServer::~WsServer() {
+    // lws 4.1 on a foreign loop finishes only with a second destroy after the loop ran.
+    if (context_) {
+        if (!destroy_begun_) {
+            lws_context_destroy(context_);
+        }
+        if (context_)
+            lws_context_destroy(context_);
+    }
+}
+
+} // namespace meshd::transport

@@ -1,0 +1,58 @@
+// transport/ws_server: libwebsockets listeners on meshd's own uv loop (lws foreign-loop mode).
+//
+// Owns the lws context, one vhost per `server.listen` address, and each connection's
+// receive assembly (fragments -> one frame, bounded by limits.max_frame). Output is pulled
+// from the session on each writable callback: one lws_write per callback.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <uv.h>
+
+#include "core/config.h"
+#include "core/result.h"
+#include "session/broker.h"
+
+struct lws_context;
+
+namespace meshd::transport {
+
+// Bytes lws needs before every payload handed to lws_write (LWS_PRE).
+size_t write_headroom();
+
+class WsServer {
+  public:
+    static core::Result<std::unique_ptr<WsServer>> start(uv_loop_t* loop,
+                                                         const core::Config& config,
+                                                         session::Broker& broker);
+    ~WsServer(); // the final lws_context_destroy (after the loop ran past destroy_begin)
+    WsServer(const WsServer&) = delete;
+    WsServer& operator=(const WsServer&) = delete;
+
+    // The addresses really listened on (port 0 resolved), as "host:port".
+    const std::vector<std::string>& listening() const { return listening_; }
+    void set_max_frame(size_t max_frame) { max_frame_ = max_frame; }
+    // Refuse new connections from now on.
+    void stop_accepting() { accepting_ = false; }
+    // First lws_context_destroy: kills remaining connections; lws closes its uv handles
+    // while the loop runs on.
+    void destroy_begin();
+
+    // ---- for the lws callback ----
+    session::Broker& broker() { return broker_; }
+    bool accepting() const { return accepting_; }
+    size_t max_frame() const { return max_frame_; }
+
+  private:
+    WsServer(session::Broker& broker) : broker_(broker) {}
+    ::lws_context* context_ = nullptr;
+    session::Broker& broker_;
+    std::vector<std::string> listening_;
+    size_t max_frame_ = 1 << 20;
+    bool accepting_ = true;
+    bool destroy_begun_ = false;
+};
+
+} // namespace meshd::transport
