@@ -1,0 +1,318 @@
+// control/commands: the control-socket request handlers.
+#include "control/commands.h"
+
+#include <simdjson.h>
+#include <sodium.h>
+#include <unistd.h>
+
+#include "core/clock.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "core/names.h"
+#include "meshd_build.h"
+
+namespace meshd::control {
+
+namespace {
+
+std::string ok(std::string_view result_json) {
+    std::string out = R"({"ok":true,"result":)";
+    out += result_json;
+    out += '}';
+    return out;
+}
+
+std::string fail(std::string_view code, std::string_view message) {
+    std::string out = R"({"ok":false,"error":{"code":)";
+    core::json_append_string(out, code);
+    out += R"(,"message":)";
+    core::json_append_string(out, message);
+    out += "}}";
+    return out;
+}
+
+void field(std::string& out, std::string_view key, std::string_view value, bool first = false) {
+    if (!first)
+        out += ',';
+    core::json_append_string(out, key);
+    out += ':';
+    core::json_append_string(out, value);
+}
+
+void field_int(std::string& out, std::string_view key, int64_t value, bool first = false) {
+    if (!first)
+        out += ',';
+    core::json_append_string(out, key);
+    out += ':';
+    core::json_append_int(out, value);
+}
+
+std::string string_list(const std::vector<std::string>& items) {
+    std::string out = "[";
+    for (size_t i = 0; i < items.size(); ++i) {
+        if (i)
+            out += ',';
+        core::json_append_string(out, items[i]);
+    }
+    out += ']';
+    return out;
+}
+
+void cmd_status(CommandContext& ctx, const Reply& reply) {
+    store::StoreStatus st = ctx.store.status();
+    std::string r = "{";
+    field(r, "version", MESHD_VERSION, true);
+    field_int(r, "pid", getpid());
+    field_int(r, "uptime_s", (core::wall_ms() - ctx.started_ms) / 1000);
+    r += R"(,"listeners":)" + string_list(ctx.listeners);
+    r += R"(,"modules":[)";
+    bool first = true;
+    for (const auto& m : ctx.modules.info()) {
+        if (!first)
+            r += ',';
+        first = false;
+        r += '{';
+        field(r, "name", m.name, true);
+        field(r, "version", m.version);
+        r += '}';
+    }
+    r += ']';
+    field_int(r, "connections", static_cast<int64_t>(ctx.broker.connection_count()));
+    field_int(r, "sessions", static_cast<int64_t>(ctx.broker.session_count()));
+    field_int(r, "principals", static_cast<int64_t>(ctx.store.principal_count()));
+    r += R"(,"store":{)";
+    field(r, "path", ctx.store.db_path(), true);
+    field_int(r, "bytes", st.db_bytes);
+    field(r, "state", st.degraded ? "degraded" : "ok");
+    field(r, "message", st.message);
+    r += "}}";
+    reply(ok(r));
+}
+
+void cmd_user_list(CommandContext& ctx, const Reply& reply) {
+    std::vector<store::Principal*> all;
+    ctx.store.for_each_principal([&](store::Principal& p) {
+        if (ctx.store.find(p.name) == &p)
+            all.push_back(&p);
+    });
+    std::sort(all.begin(), all.end(),
+              [](const auto* a, const auto* b) { return a->name < b->name; });
+    std::string r = R"({"users":[)";
+    for (size_t i = 0; i < all.size(); ++i) {
+        const store::Principal& p = *all[i];
+        if (i)
+            r += ',';
+        r += '{';
+        field(r, "id", p.name, true);
+        field(r, "kind", store::to_string(p.kind));
+        field_int(r, "created_ms", p.created_ms);
+        field_int(r, "seq", p.committed_head);
+        field_int(r, "sessions", static_cast<int64_t>(ctx.broker.live_count(p)));
+        r += '}';
+    }
+    r += "]}";
+    reply(ok(r));
+}
+
+void cmd_sessions(CommandContext& ctx, const Reply& reply) {
+    std::vector<const session::Session*> all;
+    ctx.broker.for_each_session([&](const session::Session& s) { all.push_back(&s); });
+    std::sort(all.begin(), all.end(), [](const auto* a, const auto* b) {
+        if (a->principal()->name != b->principal()->name)
+            return a->principal()->name < b->principal()->name;
+        return a->device() < b->device();
+    });
+    std::string r = R"({"sessions":[)";
+    for (size_t i = 0; i < all.size(); ++i) {
+        const session::Session& s = *all[i];
+        const store::Principal& p = *s.principal();
+        int64_t cursor = ctx.store.cursor(p, s.device());
+        if (i)
+            r += ',';
+        r += '{';
+        field(r, "id", p.name, true);
+        field(r, "device", s.device());
+        field(r, "session", s.session_id());
+        field(r, "remote", s.remote());
+        field_int(r, "connected_ms", s.connected_ms());
+        field_int(r, "cursor", cursor);
+        field_int(r, "sent_seq", s.next_seq() - 1);
+        field_int(r, "head", p.committed_head);
+        field_int(r, "lag", p.committed_head - cursor);
+        r += '}';
+    }
+    r += "]}";
+    reply(ok(r));
+}
+
+// Looks up NAME of a request, replying with the error itself when it fails.
+store::Principal* principal_arg(CommandContext& ctx, std::string_view name, const Reply& reply) {
+    auto canonical = core::canonical_principal(name);
+    if (!canonical) {
+        reply(fail("bad_name", "'" + std::string(name) +
+                                   "' is not a valid name: use 1-64 of a-z 0-9 . _ -"));
+        return nullptr;
+    }
+    store::Principal* p = ctx.store.find(*canonical);
+    if (!p)
+        reply(fail("not_found", "no user or agent named '" + *canonical +
+                                    "' (meshctl user list shows them)"));
+    return p;
+}
+
+void cmd_user_add(CommandContext& ctx, std::string_view name, std::string_view kind_text,
+                  const Reply& reply) {
+    auto canonical = core::canonical_principal(name);
+    if (!canonical) {
+        reply(fail("bad_name", "'" + std::string(name) +
+                                   "' is not a valid name: use 1-64 of a-z 0-9 . _ -"));
+        return;
+    }
+    if (kind_text != "user" && kind_text != "agent") {
+        reply(fail("bad_request", "kind must be \"user\" or \"agent\""));
+        return;
+    }
+    store::Kind kind = kind_text == "agent" ? store::Kind::agent : store::Kind::user;
+    auto added = ctx.store.add_principal(*canonical, kind, core::wall_ms());
+    if (!added) {
+        reply(fail(added.error().code, added.error().message));
+        return;
+    }
+    std::string token = new_token();
+    if (auto r = ctx.store.set_token(*added, token, core::wall_ms()); !r) {
+        reply(fail(r.error().code, r.error().message));
+        return;
+    }
+    std::string id = *canonical;
+    ctx.broker.after_commit([reply, id, kind, token](const core::Error* error) mutable {
+        if (error) {
+            reply(fail(error->code, error->message));
+        } else {
+            MESHD_LOG(info, "control.user_added", "id=%s kind=%s", id.c_str(),
+                      std::string(store::to_string(kind)).c_str());
+            std::string r = "{";
+            field(r, "id", id, true);
+            field(r, "kind", store::to_string(kind));
+            field(r, "token", token);
+            r += '}';
+            reply(ok(r));
+        }
+        sodium_memzero(token.data(), token.size());
+    });
+}
+
+void cmd_user_del(CommandContext& ctx, std::string_view name, const Reply& reply) {
+    store::Principal* p = principal_arg(ctx, name, reply);
+    if (!p)
+        return;
+    if (auto r = ctx.store.delete_principal(p); !r) {
+        reply(fail(r.error().code, r.error().message));
+        return;
+    }
+    ctx.broker.after_commit([&ctx, reply, p](const core::Error* error) {
+        if (error) {
+            reply(fail(error->code, error->message));
+            return;
+        }
+        size_t closed = ctx.broker.close_principal(*p, 4002, "principal deleted");
+        MESHD_LOG(info, "control.user_deleted", "id=%s closed_sessions=%zu", p->name.c_str(),
+                  closed);
+        std::string r = "{";
+        field(r, "id", p->name, true);
+        field_int(r, "closed_sessions", static_cast<int64_t>(closed));
+        r += '}';
+        reply(ok(r));
+    });
+}
+
+void cmd_user_token(CommandContext& ctx, std::string_view name, const Reply& reply) {
+    store::Principal* p = principal_arg(ctx, name, reply);
+    if (!p)
+        return;
+    std::string token = new_token();
+    if (auto r = ctx.store.set_token(p, token, core::wall_ms()); !r) {
+        reply(fail(r.error().code, r.error().message));
+        return;
+    }
+    int64_t pid = p->pid;
+    std::string id = p->name;
+    ctx.broker.after_commit([&ctx, reply, id, pid, token](const core::Error* error) mutable {
+        if (error) {
+            reply(fail(error->code, error->message));
+            return;
+        }
+        store::Principal* p = ctx.store.find(id);
+        size_t closed = 0;
+        if (p && p->pid == pid)
+            closed = ctx.broker.close_principal(*p, 4002, "credentials revoked");
+        MESHD_LOG(info, "control.token_rotated", "id=%s closed_sessions=%zu", id.c_str(), closed);
+        std::string r = "{";
+        field(r, "id", id, true);
+        field(r, "token", token);
+        field_int(r, "closed_sessions", static_cast<int64_t>(closed));
+        r += '}';
+        reply(ok(r));
+        sodium_memzero(token.data(), token.size());
+    });
+}
+
+void cmd_reload(CommandContext& ctx, const Reply& reply) {
+    auto diff = ctx.reload();
+    if (!diff) {
+        reply(fail(diff.error().code, diff.error().message));
+        return;
+    }
+    std::string r = R"({"applied":)" + string_list(diff->applied) +
+                    R"(,"restart_required":)" + string_list(diff->restart_required) + "}";
+    reply(ok(r));
+}
+
+} // namespace
+
+std::string new_token() {
+    unsigned char raw[32];
+    randombytes_buf(raw, sizeof raw);
+    char b64[64];
+    sodium_bin2base64(b64, sizeof b64, raw, sizeof raw, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    sodium_memzero(raw, sizeof raw);
+    return std::string("mshd_") + b64;
+}
+
+void handle_command(CommandContext& ctx, std::string_view line, Reply reply) {
+    simdjson::dom::parser parser;
+    simdjson::padded_string padded(line);
+    simdjson::dom::object req;
+    if (parser.parse(padded).get_object().get(req)) {
+        reply(fail("bad_request", "a request is one JSON object per line"));
+        return;
+    }
+    std::string_view cmd;
+    if (req["cmd"].get_string().get(cmd)) {
+        reply(fail("bad_request", "the request has no string \"cmd\""));
+        return;
+    }
+    auto arg = [&](const char* key) {
+        std::string_view v;
+        if (req[key].get_string().get(v))
+            return std::string_view();
+        return v;
+    };
+    if (cmd == "status")
+        cmd_status(ctx, reply);
+    else if (cmd == "user.add")
+        cmd_user_add(ctx, arg("name"), arg("kind").empty() ? "user" : arg("kind"), reply);
+    else if (cmd == "user.list")
+        cmd_user_list(ctx, reply);
+    else if (cmd == "user.del")
+        cmd_user_del(ctx, arg("name"), reply);
+    else if (cmd == "user.token")
+        cmd_user_token(ctx, arg("name"), reply);
+    else if (cmd == "sessions")
+        cmd_sessions(ctx, reply);
+    else if (cmd == "reload")
+        cmd_reload(ctx, reply);
+    else
+        reply(fail("bad_request", "unknown command '" + std::string(cmd) + "'"));
+}
+
+} // namespace meshd::control
