@@ -53,6 +53,15 @@ class Daemon {
 
     int run() {
         core::log_set_level(config_->log_level);
+        // Signals first: a SIGTERM during start-up is handled once the loop runs.
+        sigterm_ = core::UvSignal::create(loop_, SIGTERM, [this] { begin_shutdown("SIGTERM"); });
+        sigint_ = core::UvSignal::create(loop_, SIGINT, [this] { begin_shutdown("SIGINT"); });
+        sighup_ = core::UvSignal::create(loop_, SIGHUP, [this] {
+            auto r = reload();
+            if (!r)
+                MESHD_LOG(error, "config.reload_failed", "message=%s",
+                          core::log_value(r.error().message).c_str());
+        });
         store::StoreOptions so;
         so.data_dir = config_->data_dir;
         so.sync = config_->sync;
@@ -94,15 +103,6 @@ class Daemon {
         if (!ctl)
             return fail("control.listen_failed", ctl.error().message);
         control_ = std::move(ctl.value());
-
-        sigterm_ = core::UvSignal::create(loop_, SIGTERM, [this] { begin_shutdown("SIGTERM"); });
-        sigint_ = core::UvSignal::create(loop_, SIGINT, [this] { begin_shutdown("SIGINT"); });
-        sighup_ = core::UvSignal::create(loop_, SIGHUP, [this] {
-            auto r = reload();
-            if (!r)
-                MESHD_LOG(error, "config.reload_failed", "message=%s",
-                          core::log_value(r.error().message).c_str());
-        });
 
         std::string listen;
         for (const auto& l : ws_->listening())
@@ -153,7 +153,7 @@ class Daemon {
     }
 
     void begin_shutdown(const char* why) {
-        if (shutting_down_)
+        if (shutting_down_ || !ws_ || !control_ || !broker_)
             return;
         shutting_down_ = true;
         MESHD_LOG(info, "server.stopping", "signal=%s sessions=%zu", why,

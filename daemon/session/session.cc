@@ -19,6 +19,8 @@ constexpr size_t page_rows = 256;
 constexpr size_t page_bytes = 256 * 1024;
 constexpr uint64_t close_grace_ms = 3000;
 constexpr int max_unanswered_pings = 2;
+// A peer that sends nothing but bad frames is closed (1008) instead of being answered forever.
+constexpr int max_bad_frames_in_row = 100;
 
 void append_ack(std::string& buf, const auto& a) {
     buf += R"({"type":"ack",)";
@@ -99,9 +101,10 @@ void Session::on_text(std::string& frame) {
     Frame f;
     FrameError err = broker_.parser().parse(frame, f);
     if (err) {
-        send_error(err.code, err.message, f.ref, f.has_ref);
+        bad_input(err.code, err.message, f.ref, f.has_ref);
         return;
     }
+    bad_frames_in_row_ = 0;
     switch (f.type) {
     case FrameType::hello:
         handle_hello(f);
@@ -132,15 +135,22 @@ void Session::on_text(std::string& frame) {
                    f.ref, f.has_ref);
 }
 
+void Session::bad_input(std::string_view code, std::string_view message, std::string_view ref,
+                        bool has_ref) {
+    send_error(code, message, ref, has_ref);
+    if (++bad_frames_in_row_ >= max_bad_frames_in_row)
+        close(1008, "too many bad frames in a row", true);
+}
+
 void Session::on_binary() {
     if (state_ == State::fresh || state_ == State::ready)
-        send_error("bad_frame", "binary frames are not accepted; send JSON text frames", {},
-                   false);
+        bad_input("bad_frame", "binary frames are not accepted; send JSON text frames", {},
+                  false);
 }
 
 void Session::on_too_large(size_t bytes) {
     if (state_ == State::fresh || state_ == State::ready)
-        send_error("too_large",
+        bad_input("too_large",
                    "frame of " + std::to_string(bytes) + " bytes is over limits.max_frame (" +
                        std::to_string(broker_.limits().max_frame) + ")",
                    {}, false);
@@ -379,8 +389,9 @@ void Session::tick(uint64_t now_ms) {
         if (pings_unanswered_ >= max_unanswered_pings) {
             MESHD_LOG(info, "session.dead", "conn=%llu principal=%s",
                       static_cast<unsigned long long>(conn_id_), principal_->name.c_str());
-            close(1001, "no pong to two pings");
-            close_deadline_ms_ = now_ms; // a dead peer will not echo the close
+            close(4003, "no pong to two pings; reconnect and resume");
+            // A dead peer will not echo the close: wait one ping interval at most.
+            close_deadline_ms_ = now_ms + std::min(close_grace_ms, limits.ping_interval_ms);
             return;
         }
         ping_due_ = true;

@@ -98,6 +98,8 @@ class Session {
     void send_error(std::string_view code, std::string_view message, std::string_view ref,
                     bool has_ref, uint32_t retry_after_ms = 0);
     void queue_control(std::string frame);
+    void bad_input(std::string_view code, std::string_view message, std::string_view ref,
+                   bool has_ref);
     const store::LogEntry* entry_at(int64_t seq);
     void detach();         // leaves the principal's live set
 
@@ -125,6 +127,7 @@ class Session {
     // liveness and closing
     bool ping_due_ = false;
     int pings_unanswered_ = 0;
+    int bad_frames_in_row_ = 0;
     uint64_t last_ping_ms_ = 0;
     uint16_t close_code_ = 0;
     std::string close_reason_;
