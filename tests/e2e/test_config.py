@@ -202,3 +202,25 @@ def test_module_not_a_meshd_module_exits_1():
         assert len(lines) == 1 and path in lines[0], err
         assert f" file={path} " in lines[0], f"design.md wants a file={path} field: {lines[0]}"
         assert "event=server.ready" not in err
+
+
+def test_module_with_unknown_abi_refused():
+    # Issue: the loader refuses unknown ABI versions with a message naming the file.
+    # tests/e2e/modules/abi_future.cc answers an ABI number this meshd does not host.
+    built = os.environ.get("MESHD_TEST_MODULES_DIR")
+    assert built, "meson passes MESHD_TEST_MODULES_DIR (the build dir of abi_future.so)"
+    with Meshd(start=False) as m:
+        mods = os.path.join(m.tmp, "abi_modules")
+        os.makedirs(mods)
+        real = m.opts["modules_dir"]
+        for f in os.listdir(real):
+            os.symlink(os.path.join(real, f), os.path.join(mods, f))
+        os.symlink(os.path.join(built, "abi_future.so"), os.path.join(mods, "abi_future.so"))
+        m.write_config(modules_dir=mods, load=["auth_token", "route_direct", "abi_future"])
+        rc, out, err = run_meshd("--config", m.config_path)
+        assert rc == 1, (rc, out, err)
+        path = os.path.join(mods, "abi_future.so")
+        lines = [l for l in err.splitlines() if "event=module.load_failed" in l]
+        assert len(lines) == 1 and f" file={path} " in lines[0], err
+        assert "module ABI 1000" in lines[0] and "hosts ABI 0" in lines[0], lines[0]
+        assert "event=server.ready" not in err
