@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -38,6 +39,16 @@ void usage(FILE* out) {
                       "Runs the meshd message broker in the foreground; see meshd(8).\n");
 }
 
+std::string join(const std::vector<std::string>& items, std::string_view separator) {
+    std::string out;
+    for (const auto& item : items) {
+        if (!out.empty())
+            out += separator;
+        out += item;
+    }
+    return out;
+}
+
 void raise_fd_limit() {
     rlimit rl{};
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -63,6 +74,7 @@ class Daemon {
                           core::log_value(r.error().message).c_str());
         });
         store::StoreOptions so;
+        so.loop = loop_;
         so.data_dir = config_->data_dir;
         so.sync = config_->sync;
         so.dedupe_window_s = config_->dedupe_window_s;
@@ -104,9 +116,7 @@ class Daemon {
             return fail("control.listen_failed", ctl.error().message);
         control_ = std::move(ctl.value());
 
-        std::string listen;
-        for (const auto& l : ws_->listening())
-            listen += (listen.empty() ? "" : ",") + l;
+        std::string listen = join(ws_->listening(), ",");
         MESHD_LOG(info, "server.ready", "listen=%s control=%s version=%s pid=%d", listen.c_str(),
                   config_->control_socket.c_str(), MESHD_VERSION, static_cast<int>(getpid()));
 
@@ -126,10 +136,10 @@ class Daemon {
     core::Result<core::ConfigDiff> reload() {
         auto loaded = core::load_config(config_->path);
         if (!loaded.config) {
-            std::string msg;
+            std::vector<std::string> lines;
             for (const auto& e : loaded.errors)
-                msg += (msg.empty() ? "" : "\n") + e.to_string();
-            return core::make_error("bad_config", msg);
+                lines.push_back(e.to_string());
+            return core::make_error("bad_config", join(lines, "\n"));
         }
         core::ConfigDiff applied = core::diff_config(*config_, *loaded.config);
         core::ConfigDiff since_start = core::diff_config(started_config_, *loaded.config);
@@ -141,11 +151,8 @@ class Daemon {
         modules_->reload(next);
         config_ = std::move(loaded.config);
         core::ConfigDiff result{applied.applied, since_start.restart_required};
-        std::string applied_text, restart_text;
-        for (const auto& k : result.applied)
-            applied_text += (applied_text.empty() ? "" : ",") + k;
-        for (const auto& k : result.restart_required)
-            restart_text += (restart_text.empty() ? "" : ",") + k;
+        std::string applied_text = join(result.applied, ",");
+        std::string restart_text = join(result.restart_required, ",");
         MESHD_LOG(info, "config.reloaded", "applied=%s restart_required=%s",
                   applied_text.empty() ? "-" : applied_text.c_str(),
                   restart_text.empty() ? "-" : restart_text.c_str());
@@ -160,7 +167,7 @@ class Daemon {
                   broker_->connection_count());
         ws_->stop_accepting();
         control_->stop();
-        broker_->end_of_turn(); // flush the last commit before anyone is told goodbye
+        broker_->flush(); // the last commit, durable, before anyone is told goodbye
         broker_->close_all(1001, "server shutting down");
         shutdown_started_ms_ = uv_now(loop_);
         shutdown_timer_ = core::UvTimer::create(loop_, [this] { poll_shutdown(); });
@@ -174,7 +181,7 @@ class Daemon {
         if (timed_out)
             MESHD_LOG(warn, "server.shutdown_timeout", "connections=%zu",
                       broker_->connection_count());
-        broker_->end_of_turn();
+        broker_->flush();
         ws_->destroy_begin();
         broker_->stop();
         shutdown_timer_.close();

@@ -145,12 +145,18 @@ void cmd_sessions(CommandContext& ctx, const Reply& reply) {
     reply(ok(r));
 }
 
+std::string bad_name(std::string_view name) {
+    std::string message = "'";
+    message += name;
+    message += "' is not a valid name: use 1-64 of a-z 0-9 . _ -";
+    return fail("bad_name", message);
+}
+
 // Looks up NAME of a request, replying with the error itself when it fails.
 store::Principal* principal_arg(CommandContext& ctx, std::string_view name, const Reply& reply) {
     auto canonical = core::canonical_principal(name);
     if (!canonical) {
-        reply(fail("bad_name", "'" + std::string(name) +
-                                   "' is not a valid name: use 1-64 of a-z 0-9 . _ -"));
+        reply(bad_name(name));
         return nullptr;
     }
     store::Principal* p = ctx.store.find(*canonical);
@@ -164,8 +170,7 @@ void cmd_user_add(CommandContext& ctx, std::string_view name, std::string_view k
                   const Reply& reply) {
     auto canonical = core::canonical_principal(name);
     if (!canonical) {
-        reply(fail("bad_name", "'" + std::string(name) +
-                                   "' is not a valid name: use 1-64 of a-z 0-9 . _ -"));
+        reply(bad_name(name));
         return;
     }
     if (kind_text != "user" && kind_text != "agent") {

@@ -115,6 +115,7 @@ class UvAsync : public UvHandle<uv_async_t> {
     }
     // Thread-safe; sends coalesce, so the callback drains everything queued.
     void send() { uv_async_send(get()); }
+    void unref() { uv_unref(reinterpret_cast<uv_handle_t*>(get())); }
 };
 
 // Monotonic milliseconds from the loop's cached clock.

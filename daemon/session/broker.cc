@@ -37,12 +37,13 @@ Broker::Broker(uv_loop_t* loop, store::Store& store, router::ModuleSet& modules,
       parser_(limits.max_depth) {
     scratch_.reserve(64 * 1024);
     turn_end_ = core::UvCheck::create(loop_, [this] { end_of_turn(); });
+    store_.set_on_durable([this] { release_durable(); });
     ticker_ = core::UvTimer::create(loop_, [this] { tick(); });
     uint64_t every = tick_interval_ms(limits_);
     ticker_.start(every, every);
 }
 
-Broker::~Broker() = default;
+Broker::~Broker() { store_.set_on_durable(nullptr); }
 
 void Broker::stop() {
     turn_end_.close();
@@ -146,30 +147,65 @@ void Broker::end_of_turn() {
     if (store_.batch_open())
         r = store_.commit(touched_);
     // Ack only after the batch commit returns: an acked message must survive SIGKILL.
-    if (r) {
-        for (store::Principal* p : touched_) {
-            auto it = live_.find(p->pid);
-            if (it != live_.end())
-                for (Session* s : it->second)
-                    s->wake();
-        }
-        for (const StoredEvent& ev : stored_events_)
-            modules_.stored(*ev.recipient, ev.sender, ev.seq, live_count(*ev.recipient) > 0);
-    } else {
+    if (!r) {
         for (Session* s : pending_)
             s->fail_pending(r.error());
     }
     for (Session* s : pending_)
         s->in_batch = false;
     pending_.clear();
-    stored_events_.clear();
-    touched_.clear();
-    // Callbacks may start a new batch (it commits in the next turn).
     auto callbacks = std::move(after_commit_);
     after_commit_.clear();
+    if (r && store_.durable_batch() < store_.last_batch()) {
+        // sync = full: acks, callbacks and stored events wait for the fdatasync.
+        waiting_.push_back({store_.last_batch(), std::move(stored_events_), std::move(callbacks)});
+        stored_events_.clear();
+        return;
+    }
+    for (store::Principal* p : touched_) {
+        auto it = live_.find(p->pid);
+        if (it != live_.end())
+            for (Session* s : it->second)
+                s->wake();
+    }
+    touched_.clear();
+    if (r)
+        for (const StoredEvent& ev : stored_events_)
+            modules_.stored(*ev.recipient, ev.sender, ev.seq, live_count(*ev.recipient) > 0);
+    stored_events_.clear();
+    // Callbacks may start a new batch (it commits in the next turn).
     for (auto& fn : callbacks)
         fn(r ? nullptr : &r.error());
-    store_.drop_retired();
+    if (waiting_.empty()) // waiting callbacks may still hold deleted principals
+        store_.drop_retired();
+}
+
+void Broker::release_durable() {
+    store_.take_durable(touched_);
+    for (store::Principal* p : touched_) {
+        auto it = live_.find(p->pid);
+        if (it != live_.end())
+            for (Session* s : it->second)
+                s->wake();
+    }
+    touched_.clear();
+    uint64_t durable = store_.durable_batch();
+    while (!waiting_.empty() && waiting_.front().batch <= durable) {
+        Waiting w = std::move(waiting_.front());
+        waiting_.pop_front();
+        for (const StoredEvent& ev : w.stored)
+            modules_.stored(*ev.recipient, ev.sender, ev.seq, live_count(*ev.recipient) > 0);
+        for (auto& fn : w.callbacks)
+            fn(nullptr);
+    }
+    if (waiting_.empty())
+        store_.drop_retired();
+}
+
+void Broker::flush() {
+    end_of_turn();
+    store_.sync_now();
+    release_durable();
 }
 
 size_t Broker::close_principal(const store::Principal& p, uint16_t code,

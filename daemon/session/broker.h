@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -48,13 +49,15 @@ class Broker {
     void apply_limits(const BrokerLimits& limits);
     // Commits the turn's batch and wakes whom it concerns. Called once per loop turn.
     void end_of_turn();
-    // Runs fn(ok, error) right after the current batch commits (or at once in the next turn
-    // if nothing is pending).
+    // Runs fn(error) once the current batch is committed and durable (error null), or failed
+    // (or at the end of this turn if nothing is pending). Like acks, never earlier.
     void after_commit(std::function<void(const core::Error* error)> fn);
 
     // Closes every session of p; returns how many.
     size_t close_principal(const store::Principal& p, uint16_t code, std::string_view reason);
     void close_all(uint16_t code, std::string_view reason);
+    // Shutdown: commit, make everything durable now and release what waited for it.
+    void flush();
     // Stops the timers (shutdown); sessions still close through the transport.
     void stop();
 
@@ -112,6 +115,14 @@ class Broker {
     };
     std::vector<StoredEvent> stored_events_;
     std::vector<std::function<void(const core::Error*)>> after_commit_;
+    // sync = full: what waits for a committed batch to become durable, oldest first.
+    struct Waiting {
+        uint64_t batch;
+        std::vector<StoredEvent> stored;
+        std::vector<std::function<void(const core::Error*)>> callbacks;
+    };
+    std::deque<Waiting> waiting_;
+    void release_durable();
     std::vector<store::Principal*> touched_;
     std::vector<uint64_t> kill_list_;
 

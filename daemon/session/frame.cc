@@ -52,6 +52,27 @@ size_t skip_value(std::string_view json, size_t i) {
     return i;
 }
 
+// True if the JSON text nests deeper than `limit` containers. Counted here rather than by
+// simdjson because its depth check skips empty innermost containers ([[[]]] passes a limit
+// of 2). Strings are skipped so brackets inside them do not count.
+bool nests_deeper_than(std::string_view json, size_t limit) {
+    size_t depth = 0;
+    for (size_t i = 0; i < json.size(); ++i) {
+        char c = json[i];
+        if (c == '"') {
+            for (++i; i < json.size() && json[i] != '"'; ++i)
+                if (json[i] == '\\')
+                    ++i;
+        } else if (c == '{' || c == '[') {
+            if (++depth > limit)
+                return true;
+        } else if ((c == '}' || c == ']') && depth > 0) {
+            --depth;
+        }
+    }
+    return false;
+}
+
 FrameError error(const char* code, std::string message) {
     return FrameError{code, std::move(message)};
 }
@@ -104,7 +125,8 @@ FrameError FrameParser::parse(std::string_view text, Frame& out) {
     out = Frame{};
     simdjson::dom::element root;
     auto err = parser_.parse(text.data(), text.size(), false).get(root);
-    if (err == simdjson::DEPTH_ERROR)
+    // The frame object is one level; a body may nest max_depth levels below it.
+    if (err == simdjson::DEPTH_ERROR || (!err && nests_deeper_than(text, max_depth_ + 1)))
         return error("bad_frame", "JSON nesting is deeper than limits.max_depth (" +
                                       std::to_string(max_depth_) + ")");
     if (err)

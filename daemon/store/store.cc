@@ -173,11 +173,15 @@ core::Result<void> load_secret(const std::string& path, unsigned char out[32]) {
 
 } // namespace
 
-// Runs PASSIVE checkpoints on its own connection, about once a second, so the loop never
-// checkpoints (wal_autocheckpoint=0) and the WAL does not grow without bound.
+// Runs PASSIVE checkpoints on its own connection so the loop never checkpoints
+// (wal_autocheckpoint=0). Idle: one pass a second. While the WAL file is over
+// storage.checkpoint_wal_bytes it works back to back, so that the writer finds a fully
+// backfilled WAL and restarts it from the beginning at its next transaction (a PASSIVE
+// checkpoint never blocks the writer; a RESTART one would make the loop's BEGIN fail).
 class Checkpointer {
   public:
-    explicit Checkpointer(std::string path) : path_(std::move(path)) {
+    Checkpointer(std::string path, int64_t wal_limit_bytes)
+        : path_(std::move(path)), wal_limit_bytes_(wal_limit_bytes) {
         thread_ = std::thread([this] { run(); });
     }
     ~Checkpointer() {
@@ -192,27 +196,38 @@ class Checkpointer {
     Checkpointer& operator=(const Checkpointer&) = delete;
 
   private:
+    int64_t wal_bytes() const {
+        struct stat sb {};
+        return ::stat((path_ + "-wal").c_str(), &sb) == 0 ? sb.st_size : 0;
+    }
     void run() {
         sqlite3* db = nullptr;
         if (sqlite3_open_v2(path_.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
-                            nullptr) != SQLITE_OK) {
+                            nullptr) != SQLITE_OK ||
+            sqlite3_exec(db, "PRAGMA synchronous=FULL", nullptr, nullptr, nullptr) != SQLITE_OK) {
             MESHD_LOG(error, "store.checkpointer", "file=%s message=%s", path_.c_str(),
                       core::log_value(sqlite_message(db)).c_str());
             sqlite3_close_v2(db);
             return;
         }
         std::unique_lock lock(mu_);
+        bool hurry = false;
         while (!stop_) {
-            cv_.wait_for(lock, std::chrono::seconds(1));
+            if (!hurry)
+                cv_.wait_for(lock, std::chrono::seconds(1));
             if (stop_)
                 break;
             lock.unlock();
-            int wal_frames = 0, done = 0;
+            int wal_frames = 0, backfilled = 0;
             int rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE,
-                                               &wal_frames, &done);
+                                               &wal_frames, &backfilled);
             if (rc != SQLITE_OK && rc != SQLITE_BUSY)
                 MESHD_LOG(warn, "store.checkpoint_failed", "message=%s",
                           core::log_value(sqlite3_errmsg(db)).c_str());
+            bool behind = wal_frames > backfilled;
+            hurry = rc == SQLITE_OK && behind && wal_bytes() > wal_limit_bytes_;
+            if (hurry)
+                std::this_thread::sleep_for(std::chrono::milliseconds(2));
             lock.lock();
         }
         lock.unlock();
@@ -220,15 +235,106 @@ class Checkpointer {
     }
 
     std::string path_;
+    int64_t wal_limit_bytes_;
     std::mutex mu_;
     std::condition_variable cv_;
     bool stop_ = false;
     std::thread thread_;
 };
 
+// sync = full: fdatasyncs the WAL after commits, off the loop, and publishes the newest
+// batch number that is on the disk. Batches coalesce: one fdatasync covers every batch
+// committed before it started.
+class WalSyncer {
+  public:
+    // fd: the open -wal file (owned from here on); never changes while the thread runs.
+    WalSyncer(std::string wal_path, int fd, std::function<void()> notify)
+        : wal_path_(std::move(wal_path)), notify_(std::move(notify)), fd_(fd) {
+        thread_ = std::thread([this] { run(); });
+    }
+    ~WalSyncer() {
+        {
+            std::lock_guard lock(mu_);
+            stop_ = true;
+        }
+        cv_.notify_all();
+        thread_.join();
+        ::close(fd_);
+    }
+    WalSyncer(const WalSyncer&) = delete;
+    WalSyncer& operator=(const WalSyncer&) = delete;
+
+    void request(uint64_t batch) {
+        {
+            std::lock_guard lock(mu_);
+            requested_ = batch;
+        }
+        cv_.notify_one();
+    }
+    uint64_t durable() {
+        std::lock_guard lock(mu_);
+        return durable_;
+    }
+    // On the loop thread, for shutdown: waits for the thread to be idle by doing the work.
+    bool sync_now(uint64_t batch) {
+        std::lock_guard lock(mu_);
+        if (!sync_locked())
+            return false;
+        durable_ = std::max(durable_, batch);
+        return true;
+    }
+
+  private:
+    bool sync_locked() {
+        if (::fdatasync(fd_) != 0) {
+            MESHD_LOG(error, "store.fsync_failed", "file=%s message=%s", wal_path_.c_str(),
+                      core::log_value(std::strerror(errno)).c_str());
+            return false;
+        }
+        return true;
+    }
+    void run() {
+        std::unique_lock lock(mu_);
+        while (!stop_) {
+            cv_.wait(lock, [this] { return stop_ || requested_ > durable_; });
+            if (stop_)
+                break;
+            uint64_t target = requested_;
+            // fdatasync outside the lock: later batches commit meanwhile.
+            lock.unlock();
+            bool ok = ::fdatasync(fd_) == 0;
+            int err = errno;
+            lock.lock();
+            if (!ok) {
+                MESHD_LOG(error, "store.fsync_failed", "file=%s message=%s", wal_path_.c_str(),
+                          core::log_value(std::strerror(err)).c_str());
+                // Nothing after this point is acked; retry on the next request.
+                cv_.wait_for(lock, std::chrono::seconds(1));
+                continue;
+            }
+            durable_ = std::max(durable_, target);
+            lock.unlock();
+            notify_();
+            lock.lock();
+        }
+    }
+
+    std::string wal_path_;
+    std::function<void()> notify_;
+    const int fd_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    bool stop_ = false;
+    uint64_t requested_ = 0;
+    uint64_t durable_ = 0;
+    std::thread thread_;
+};
+
 Store::Store(StoreOptions options) : options_(std::move(options)) {}
 
 Store::~Store() {
+    syncer_.reset();
+    durable_notice_.close();
     checkpointer_.reset();
     if (in_txn_)
         sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
@@ -269,7 +375,25 @@ core::Result<std::unique_ptr<Store>> Store::open(const StoreOptions& options) {
         return r.error();
     if (auto r = store->load(); !r)
         return r.error();
-    store->checkpointer_ = std::make_unique<Checkpointer>(store->db_path_);
+    store->checkpointer_ =
+        std::make_unique<Checkpointer>(store->db_path_, options.checkpoint_wal_bytes);
+    if (options.sync == core::SyncMode::full) {
+        if (!options.loop)
+            return core::make_error("internal", "sync = full needs the loop for notices");
+        Store* raw = store.get();
+        store->durable_notice_ = core::UvAsync::create(options.loop, [raw] {
+            if (raw->on_durable_)
+                raw->on_durable_();
+        });
+        store->durable_notice_.unref(); // must not keep the loop alive at shutdown
+        std::string wal = store->db_path_ + "-wal";
+        int fd = ::open(wal.c_str(), O_RDWR | O_CLOEXEC);
+        if (fd < 0)
+            return core::make_error("internal", wal + ": cannot open for storage.sync = full: " +
+                                                    std::strerror(errno));
+        store->syncer_ =
+            std::make_unique<WalSyncer>(wal, fd, [raw] { raw->durable_notice_.send(); });
+    }
     return store;
 }
 
@@ -281,9 +405,14 @@ core::Result<void> Store::open_db() {
         return core::make_error("internal",
                                 db_path_ + ": cannot open database: " + sqlite_message(db_));
     sqlite3_extended_result_codes(db_, 1);
+    // journal_size_limit: when the writer restarts the WAL it truncates the file to this.
     std::string pragmas = "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; "
-                          "PRAGMA temp_store=MEMORY; PRAGMA cache_size=-16384; PRAGMA synchronous=";
-    pragmas += options_.sync == core::SyncMode::full ? "FULL;" : "NORMAL;";
+                          "PRAGMA temp_store=MEMORY; PRAGMA cache_size=-16384; "
+                          "PRAGMA journal_size_limit=" +
+                          std::to_string(options_.checkpoint_wal_bytes) + "; PRAGMA synchronous=";
+    // sync = full does not make SQLite sync on the loop: the WalSyncer fdatasyncs the WAL
+    // off the loop and acks wait for it. The checkpointer syncs its own work (FULL).
+    pragmas += "NORMAL;";
     char* err = nullptr;
     rc = sqlite3_exec(db_, pragmas.c_str(), nullptr, nullptr, &err);
     if (rc != SQLITE_OK) {
@@ -479,7 +608,9 @@ core::Result<Principal*> Store::add_principal(std::string_view name, Kind kind, 
         auto it = by_pid_.find(pid);
         if (it == by_pid_.end())
             return;
-        by_name_.erase(it->second->name);
+        Principal* gone = it->second.get();
+        std::erase_if(dirty_cursors_, [gone](const auto& d) { return d.first == gone; });
+        by_name_.erase(gone->name);
         by_pid_.erase(it);
     });
     return raw;
@@ -504,15 +635,23 @@ core::Result<void> Store::delete_principal(Principal* p) {
         if (sqlite3_step(s) != SQLITE_DONE)
             return fail_batch("delete principal");
     }
+    // Its pending cursors go with it, and come back if the batch fails (they are acks).
+    std::vector<std::pair<Principal*, std::string>> cursors;
+    for (auto& d : dirty_cursors_)
+        if (d.first == p)
+            cursors.push_back(std::move(d));
     std::erase_if(dirty_cursors_, [p](const auto& d) { return d.first == p; });
     // The name is free for a new principal at once; the object lives until the batch ends
     // so that callers holding it in this turn stay safe.
     by_name_.erase(p->name);
     int64_t pid = p->pid;
-    undo_.push_back([this, pid] {
+    undo_.push_back([this, pid, cursors = std::move(cursors)]() mutable {
         auto it = by_pid_.find(pid);
-        if (it != by_pid_.end())
-            by_name_[it->second->name] = it->second.get();
+        if (it == by_pid_.end())
+            return;
+        by_name_[it->second->name] = it->second.get();
+        for (auto& d : cursors)
+            dirty_cursors_.push_back(std::move(d));
     });
     on_ok_.push_back([this, pid] {
         auto it = by_pid_.find(pid);
@@ -775,11 +914,22 @@ core::Result<void> Store::commit(std::vector<Principal*>& touched_out) {
         degraded_message_ = batch_error_;
         // Cursors stay in memory and are retried with the next batch.
     } else {
-        for (Principal* p : touched_)
-            p->committed_head = p->head;
+        if (in_txn_)
+            ++batch_no_;
+        if (syncer_ && in_txn_) {
+            UndurableBatch b{batch_no_, {}};
+            b.heads.reserve(touched_.size());
+            for (Principal* p : touched_)
+                b.heads.emplace_back(p->pid, p->head);
+            undurable_.push_back(std::move(b));
+            syncer_->request(batch_no_);
+        } else {
+            for (Principal* p : touched_)
+                p->committed_head = p->head;
+            touched_out.swap(touched_);
+        }
         for (auto& fn : on_ok_)
             fn();
-        touched_out.swap(touched_);
         dirty_cursors_.clear();
         if (degraded_ && in_txn_) {
             MESHD_LOG(info, "store.recovered", "file=%s", db_path_.c_str());
@@ -795,6 +945,36 @@ core::Result<void> Store::commit(std::vector<Principal*>& touched_out) {
     undo_.clear();
     on_ok_.clear();
     return result;
+}
+
+uint64_t Store::durable_batch() const {
+    if (!syncer_)
+        return batch_no_;
+    return std::max(syncer_->durable(), forced_durable_);
+}
+
+void Store::take_durable(std::vector<Principal*>& touched_out) {
+    touched_out.clear();
+    uint64_t durable = durable_batch();
+    while (!undurable_.empty() && undurable_.front().no <= durable) {
+        for (const auto& [pid, head] : undurable_.front().heads) {
+            auto it = by_pid_.find(pid);
+            if (it == by_pid_.end())
+                continue; // deleted meanwhile
+            Principal* p = it->second.get();
+            if (head > p->committed_head) {
+                p->committed_head = head;
+                if (std::find(touched_out.begin(), touched_out.end(), p) == touched_out.end())
+                    touched_out.push_back(p);
+            }
+        }
+        undurable_.pop_front();
+    }
+}
+
+void Store::sync_now() {
+    if (syncer_ && syncer_->sync_now(batch_no_))
+        forced_durable_ = batch_no_;
 }
 
 StoreStatus Store::status() const {

@@ -28,6 +28,7 @@
 
 #include "core/config.h"
 #include "core/result.h"
+#include "core/uv_handle.h"
 
 struct sqlite3;
 struct sqlite3_stmt;
@@ -66,6 +67,7 @@ struct Principal {
 };
 
 struct StoreOptions {
+    uv_loop_t* loop = nullptr; // needed for sync = full (durability notices)
     std::string data_dir;
     core::SyncMode sync = core::SyncMode::normal;
     int64_t dedupe_window_s = 86400;
@@ -85,6 +87,7 @@ struct StoreStatus {
 };
 
 class Checkpointer;
+class WalSyncer;
 
 class Store {
   public:
@@ -116,8 +119,8 @@ class Store {
     Principal* verify_token(std::string_view token);
 
     // ---- messages ---------------------------------------------------------------------
-    // Appends one message to the log of every recipient and of the sender (once each, in
-    // the order given, sender last unless also a recipient). Joins the batch.
+    // Appends one message to the log of the sender and of every recipient (once each: the
+    // sender first, then the recipients in the order given). Joins the batch.
     // With a client_id already used by this sender within the dedupe window: same to and
     // body -> {seq of the first, dup=true}; otherwise error "conflict".
     core::Result<AppendResult> append(Principal* sender, std::string_view to,
@@ -136,11 +139,24 @@ class Store {
 
     // ---- batches ----------------------------------------------------------------------
     bool batch_open() const { return in_txn_ || batch_failed_ || !dirty_cursors_.empty(); }
-    // Commits the batch. On success every principal whose log grew has its committed_head
-    // caught up, and is listed in touched_out (so the caller can wake its devices).
+    // Commits the batch. With sync = normal the commit is durable against a process crash
+    // when it returns: every principal whose log grew has its committed_head caught up and
+    // is listed in touched_out (so the caller can wake its devices). With sync = full the
+    // batch becomes visible only once a helper thread has fdatasync'ed the WAL: touched_out
+    // stays empty and the on_durable callback later runs take_durable().
     // On failure the batch is rolled back, heads and tails are restored, and the error
     // (code "unavailable") says why; the caller fails every request of the batch.
     core::Result<void> commit(std::vector<Principal*>& touched_out);
+    // Batches are numbered; last_batch() is the newest committed, durable_batch() the newest
+    // whose seqs are visible (== last_batch() with sync = normal).
+    uint64_t last_batch() const { return batch_no_; }
+    uint64_t durable_batch() const;
+    // sync = full: makes the batches the syncer has made durable visible; fills touched_out.
+    void take_durable(std::vector<Principal*>& touched_out);
+    // Runs on the loop thread whenever more batches became durable.
+    void set_on_durable(std::function<void()> fn) { on_durable_ = std::move(fn); }
+    // Shutdown: fdatasync now, on the calling thread, and mark every batch durable.
+    void sync_now();
     StoreStatus status() const;
     // Frees the principals deleted by committed batches.
     void drop_retired() { retired_.clear(); }
@@ -190,6 +206,18 @@ class Store {
     std::string degraded_message_;
 
     std::unique_ptr<Checkpointer> checkpointer_;
+
+    // sync = full: committed batches waiting for their fdatasync, oldest first.
+    struct UndurableBatch {
+        uint64_t no;
+        std::vector<std::pair<int64_t, int64_t>> heads; // pid, head after the batch
+    };
+    std::deque<UndurableBatch> undurable_;
+    uint64_t batch_no_ = 0;
+    uint64_t forced_durable_ = 0; // sync_now()
+    std::unique_ptr<WalSyncer> syncer_;
+    core::UvAsync durable_notice_;
+    std::function<void()> on_durable_;
 };
 
 } // namespace meshd::store

@@ -112,7 +112,9 @@ class Meshd:
             "modules_dir": modules_dir or _modules_dir(self.tmp),
             "log_level": log_level,
             "limits": {"hello_timeout_ms": 3000, "ping_interval_ms": 3000, **(limits or {})},
-            "storage": dict(storage or {}),
+            # MESHD_E2E_SYNC=full reruns a suite with storage.sync = "full" (meson e2e_full_*).
+            "storage": {**({"sync": os.environ["MESHD_E2E_SYNC"]}
+                           if os.environ.get("MESHD_E2E_SYNC") else {}), **(storage or {})},
             "extra": extra,
         }
         self.proc = None
@@ -152,8 +154,9 @@ class Meshd:
 
     def write_config(self, **changes):
         """Rewrite the config file; changes (same names as __init__) persist for restarts."""
-        if "limits" in changes:
-            changes["limits"] = {**self.opts["limits"], **changes["limits"]}
+        for table in ("limits", "storage"):
+            if table in changes:
+                changes[table] = {**self.opts[table], **changes[table]}
         self.opts.update(changes)
         with open(self.config_path, "w") as f:
             f.write(self.config_text())

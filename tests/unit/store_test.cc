@@ -1,0 +1,1246 @@
+// tests/unit/store_test: the SQLite store (daemon/store/store.cc) on a real database in a
+// fresh temp dir per test. Failures are injected from a second, raw sqlite3 connection on the
+// same file: one holding BEGIN IMMEDIATE (the store's BEGIN gets SQLITE_BUSY), or a trigger
+// that aborts inserts into one principal's log (a statement fails in the middle of a batch).
+#include "store/store.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <initializer_list>
+#include <memory>
+#include <sqlite3.h>
+#include <sstream>
+#include <string>
+#include <sys/stat.h>
+#include <utility>
+#include <vector>
+
+namespace meshd::store {
+namespace {
+
+constexpr int64_t kNow = 1732300000000;
+
+// ---- helpers ------------------------------------------------------------------------------
+
+class TempDir {
+  public:
+    TempDir() {
+        std::string tmpl = (std::filesystem::temp_directory_path() / "store_test.XXXXXX").string();
+        if (::mkdtemp(tmpl.data()) != nullptr)
+            path_ = tmpl;
+    }
+    ~TempDir() {
+        if (!path_.empty()) {
+            std::error_code ec;
+            std::filesystem::remove_all(path_, ec);
+        }
+    }
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    const std::string& path() const { return path_; }
+
+  private:
+    std::string path_;
+};
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+void write_file(const std::string& path, const std::string& data) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << data;
+}
+
+// A raw connection on the store's database file, as another process would have.
+class RawDb {
+  public:
+    explicit RawDb(const std::string& path) {
+        if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                            nullptr) != SQLITE_OK)
+            error_ = db_ ? sqlite3_errmsg(db_) : "out of memory";
+    }
+    ~RawDb() { sqlite3_close_v2(db_); }
+    RawDb(const RawDb&) = delete;
+    RawDb& operator=(const RawDb&) = delete;
+
+    // Runs sql; returns "" on success, else the error message.
+    std::string exec(const std::string& sql) {
+        if (!error_.empty())
+            return error_;
+        char* err = nullptr;
+        int rc = sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err);
+        std::string msg = rc == SQLITE_OK ? "" : (err ? err : sqlite3_errstr(rc));
+        sqlite3_free(err);
+        return msg;
+    }
+    // The single integer a query returns, or -1.
+    int64_t scalar(const std::string& sql) {
+        sqlite3_stmt* s = nullptr;
+        int64_t v = -1;
+        if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &s, nullptr) == SQLITE_OK &&
+            sqlite3_step(s) == SQLITE_ROW)
+            v = sqlite3_column_int64(s, 0);
+        sqlite3_finalize(s);
+        return v;
+    }
+
+  private:
+    sqlite3* db_ = nullptr;
+    std::string error_;
+};
+
+std::string body_n(int n) {
+    return "{\"n\":\"" + std::to_string(n + 100).substr(1) + "\"}";
+}
+
+std::vector<int64_t> seqs_of(const std::vector<LogEntry>& entries) {
+    std::vector<int64_t> out;
+    for (const LogEntry& e : entries)
+        out.push_back(e.seq);
+    return out;
+}
+
+std::vector<int64_t> tail_seqs(const Principal& p) {
+    std::vector<int64_t> out;
+    for (const LogEntry& e : p.tail)
+        out.push_back(e.seq);
+    return out;
+}
+
+std::vector<std::string> names_of(const std::vector<Principal*>& ps) {
+    std::vector<std::string> out;
+    for (const Principal* p : ps)
+        out.push_back(p->name);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+const std::string kBusyMessage =
+    "storage cannot take the write now (begin: database is locked); nothing was stored, "
+    "retry later";
+
+class StoreTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        ASSERT_FALSE(tmp_.path().empty()) << "mkdtemp failed";
+        options_.data_dir = tmp_.path() + "/data";
+    }
+    void TearDown() override { store_.reset(); }
+
+    std::string data_dir() const { return options_.data_dir; }
+    std::string db_file() const { return options_.data_dir + "/meshd.db"; }
+
+    void open() {
+        auto r = Store::open(options_);
+        ASSERT_TRUE(r.ok()) << r.error().code << ": " << r.error().message;
+        store_ = std::move(r.value());
+    }
+    void reopen() {
+        store_.reset();
+        open();
+    }
+    // Opening must fail: returns the error.
+    core::Error open_error() {
+        auto r = Store::open(options_);
+        if (r.ok())
+            return core::Error{"", "open succeeded"};
+        return r.error();
+    }
+
+    Principal* add(const std::string& name, Kind kind = Kind::user) {
+        auto r = store_->add_principal(name, kind, kNow);
+        EXPECT_TRUE(r.ok()) << name << ": " << r.error().message;
+        return r.ok() ? r.value() : nullptr;
+    }
+    // Adds the names and commits them.
+    void add_all(std::initializer_list<const char*> names) {
+        for (const char* n : names)
+            ASSERT_NE(add(n), nullptr);
+        commit_ok();
+    }
+    Principal* p(const std::string& name) {
+        Principal* found = store_->find(name);
+        EXPECT_NE(found, nullptr) << name;
+        return found;
+    }
+    std::vector<Principal*> commit_ok() {
+        std::vector<Principal*> touched;
+        auto r = store_->commit(touched);
+        EXPECT_TRUE(r.ok()) << r.error().code << ": " << r.error().message;
+        return touched;
+    }
+    core::Error commit_error() {
+        std::vector<Principal*> touched;
+        auto r = store_->commit(touched);
+        EXPECT_TRUE(touched.empty());
+        if (r.ok())
+            return core::Error{"", "commit succeeded"};
+        return r.error();
+    }
+    AppendResult send(Principal* from, Principal* to, const std::string& body,
+                      const std::string& id = "", int64_t ts = kNow) {
+        Principal* rcpt[] = {to};
+        auto r = store_->append(from, to->name, rcpt, body, id, ts);
+        EXPECT_TRUE(r.ok()) << r.error().code << ": " << r.error().message;
+        return r.ok() ? r.value() : AppendResult{-1, false};
+    }
+    core::Error send_error(Principal* from, Principal* to, const std::string& body,
+                           const std::string& id = "", int64_t ts = kNow) {
+        Principal* rcpt[] = {to};
+        auto r = store_->append(from, to->name, rcpt, body, id, ts);
+        if (r.ok())
+            return core::Error{"", "append succeeded"};
+        return r.error();
+    }
+    std::vector<LogEntry> page(const Principal& who, int64_t from_seq = 1, size_t max_rows = 1000,
+                               size_t max_bytes = 1 << 20) {
+        std::vector<LogEntry> out;
+        auto r = store_->read_page(who, from_seq, max_rows, max_bytes, out);
+        EXPECT_TRUE(r.ok()) << r.error().message;
+        return out;
+    }
+    void expect_heads(const std::string& name, int64_t head, int64_t committed) {
+        Principal* x = p(name);
+        ASSERT_NE(x, nullptr);
+        EXPECT_EQ(x->head, head) << name;
+        EXPECT_EQ(x->committed_head, committed) << name;
+    }
+
+    TempDir tmp_;
+    StoreOptions options_;
+    std::unique_ptr<Store> store_;
+};
+
+// ---- open ---------------------------------------------------------------------------------
+
+TEST_F(StoreTest, OpenCreatesDatabaseSecretAndEpoch) {
+    open();
+    EXPECT_EQ(store_->db_path(), db_file());
+    EXPECT_TRUE(std::filesystem::is_regular_file(db_file()));
+
+    std::string key_path = data_dir() + "/secret.key";
+    struct stat st {};
+    ASSERT_EQ(::stat(key_path.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+    EXPECT_EQ(st.st_size, 32);
+    std::string key = read_file(key_path);
+
+    std::string epoch = store_->epoch();
+    EXPECT_EQ(epoch.size(), 16u) << epoch;
+    EXPECT_EQ(epoch.find_first_not_of("0123456789abcdef"), std::string::npos) << epoch;
+    EXPECT_EQ(store_->principal_count(), 0u);
+    EXPECT_FALSE(store_->batch_open());
+    EXPECT_FALSE(store_->status().degraded);
+    EXPECT_EQ(store_->status().message, "");
+    EXPECT_GT(store_->status().db_bytes, 0);
+
+    reopen();
+    EXPECT_EQ(store_->epoch(), epoch);
+    EXPECT_EQ(read_file(key_path), key);
+}
+
+TEST_F(StoreTest, EpochDiffersBetweenStores) {
+    open();
+    std::string first = store_->epoch();
+    store_.reset();
+    TempDir other;
+    options_.data_dir = other.path() + "/data";
+    open();
+    EXPECT_NE(store_->epoch(), first);
+    store_.reset();
+}
+
+TEST_F(StoreTest, SecondOpenOfSameDataDirFails) {
+    open();
+    core::Error e = open_error();
+    EXPECT_EQ(e.code, "internal");
+    EXPECT_EQ(e.message, data_dir() + ": another meshd is using this data_dir");
+    // The failed attempt does not release the first store's lock.
+    e = open_error();
+    EXPECT_EQ(e.code, "internal");
+    EXPECT_EQ(e.message, data_dir() + ": another meshd is using this data_dir");
+    // The first store is unaffected, and the lock goes with it.
+    add_all({"alice"});
+    store_.reset();
+    open();
+    EXPECT_NE(store_->find("alice"), nullptr);
+}
+
+TEST_F(StoreTest, DataDirThatCannotBeCreated) {
+    options_.data_dir = tmp_.path() + "/missing/data";
+    core::Error e = open_error();
+    EXPECT_EQ(e.code, "internal");
+    EXPECT_EQ(e.message, options_.data_dir +
+                             ": cannot create data_dir: No such file or directory (create it, "
+                             "owned by the meshd user)");
+}
+
+TEST_F(StoreTest, SecretKeyOfWrongSize) {
+    ASSERT_EQ(::mkdir(data_dir().c_str(), 0750), 0);
+    std::string key_path = data_dir() + "/secret.key";
+    write_file(key_path, std::string(16, 'k'));
+    core::Error e = open_error();
+    EXPECT_EQ(e.code, "internal");
+    EXPECT_EQ(e.message, key_path + ": must hold 32 bytes; restore it from a backup (tokens are "
+                                    "hashed with it)");
+}
+
+TEST_F(StoreTest, SchemaNewerThanKnownFails) {
+    ASSERT_EQ(::mkdir(data_dir().c_str(), 0750), 0);
+    {
+        RawDb raw(db_file());
+        ASSERT_EQ(raw.exec("PRAGMA user_version=99"), "");
+    }
+    core::Error e = open_error();
+    EXPECT_EQ(e.code, "internal");
+    EXPECT_EQ(e.message, db_file() + ": database schema version 99 is newer than this meshd "
+                                     "knows (1); run the meshd that wrote it, or a newer one");
+    EXPECT_NE(e.message.find("newer"), std::string::npos);
+}
+
+TEST_F(StoreTest, SchemaNewerThanKnownOnExistingStoreFails) {
+    open();
+    add_all({"alice"});
+    store_.reset();
+    {
+        RawDb raw(db_file());
+        ASSERT_EQ(raw.exec("PRAGMA user_version=2"), "");
+    }
+    core::Error e = open_error();
+    EXPECT_EQ(e.code, "internal");
+    EXPECT_EQ(e.message, db_file() + ": database schema version 2 is newer than this meshd "
+                                     "knows (1); run the meshd that wrote it, or a newer one");
+}
+
+TEST_F(StoreTest, FileThatIsNotADatabaseFails) {
+    struct Row {
+        const char* name;
+        std::string content;
+    };
+    const Row rows[] = {
+        {"short text", "hello, not a database\n"},
+        {"one page of garbage", std::string(4096, 'x')},
+        {"sqlite magic missing", std::string(100, '\0') + std::string(8092, 'y')},
+    };
+    for (const Row& row : rows) {
+        SCOPED_TRACE(row.name);
+        TempDir dir;
+        options_.data_dir = dir.path();
+        write_file(db_file(), row.content);
+        core::Error e = open_error();
+        EXPECT_EQ(e.code, "internal");
+        EXPECT_EQ(e.message, db_file() +
+                                 ": not a meshd database or corrupt (file is not a database); "
+                                 "restore it from a backup or move it away to start empty");
+        // The file is left as it was.
+        EXPECT_EQ(read_file(db_file()), row.content);
+    }
+}
+
+// ---- principals and tokens ----------------------------------------------------------------
+
+TEST_F(StoreTest, AddFindAndDuplicatePrincipal) {
+    open();
+    Principal* alice = add("alice");
+    Principal* bot = add("bot", Kind::agent);
+    ASSERT_NE(alice, nullptr);
+    ASSERT_NE(bot, nullptr);
+    EXPECT_TRUE(store_->batch_open());
+    EXPECT_EQ(names_of(commit_ok()), std::vector<std::string>{});
+    EXPECT_FALSE(store_->batch_open());
+
+    EXPECT_EQ(store_->find("alice"), alice);
+    EXPECT_EQ(store_->find("bot"), bot);
+    EXPECT_EQ(store_->find("carol"), nullptr);
+    EXPECT_EQ(store_->find("Alice"), nullptr);
+    EXPECT_EQ(store_->principal_count(), 2u);
+    EXPECT_GT(alice->pid, 0);
+    EXPECT_NE(alice->pid, bot->pid);
+    EXPECT_EQ(alice->name, "alice");
+    EXPECT_EQ(alice->kind, Kind::user);
+    EXPECT_EQ(bot->kind, Kind::agent);
+    EXPECT_EQ(alice->created_ms, kNow);
+    EXPECT_EQ(alice->head, 0);
+    EXPECT_EQ(alice->committed_head, 0);
+    EXPECT_TRUE(alice->tail.empty());
+    EXPECT_TRUE(alice->cursors.empty());
+    EXPECT_EQ(to_string(Kind::user), "user");
+    EXPECT_EQ(to_string(Kind::agent), "agent");
+
+    auto dup = store_->add_principal("alice", Kind::agent, kNow + 1);
+    ASSERT_FALSE(dup.ok());
+    EXPECT_EQ(dup.error().code, "exists");
+    EXPECT_EQ(dup.error().message, "a principal named 'alice' already exists");
+    EXPECT_FALSE(store_->batch_open());
+    EXPECT_EQ(store_->principal_count(), 2u);
+    EXPECT_EQ(store_->find("alice"), alice);
+
+    std::vector<std::string> seen;
+    store_->for_each_principal([&](Principal& x) { seen.push_back(x.name); });
+    std::sort(seen.begin(), seen.end());
+    EXPECT_EQ(seen, (std::vector<std::string>{"alice", "bot"}));
+
+    int64_t alice_pid = alice->pid;
+    reopen();
+    ASSERT_NE(p("alice"), nullptr);
+    ASSERT_NE(p("bot"), nullptr);
+    EXPECT_EQ(p("alice")->pid, alice_pid);
+    EXPECT_EQ(p("alice")->kind, Kind::user);
+    EXPECT_EQ(p("bot")->kind, Kind::agent);
+    EXPECT_EQ(p("alice")->created_ms, kNow);
+    EXPECT_EQ(store_->principal_count(), 2u);
+}
+
+TEST_F(StoreTest, AddedPrincipalIsGoneWithoutCommit) {
+    open();
+    ASSERT_NE(add("alice"), nullptr);
+    reopen(); // the destructor rolls the open batch back
+    EXPECT_EQ(store_->find("alice"), nullptr);
+    EXPECT_EQ(store_->principal_count(), 0u);
+}
+
+TEST_F(StoreTest, TokensVerifyRotateAndSurviveReopen) {
+    open();
+    add_all({"alice", "bob"});
+    ASSERT_TRUE(store_->set_token(p("alice"), "tok-alice-1", kNow).ok());
+    ASSERT_TRUE(store_->set_token(p("bob"), "tok-bob-1", kNow).ok());
+    commit_ok();
+
+    struct Row {
+        const char* token;
+        const char* principal; // null: must not verify
+    };
+    const Row before[] = {
+        {"tok-alice-1", "alice"}, {"tok-bob-1", "bob"},      {"tok-alice-2", nullptr},
+        {"tok-alice-", nullptr},  {"tok-alice-1 ", nullptr}, {"", nullptr},
+        {"TOK-ALICE-1", nullptr},
+    };
+    for (const Row& row : before) {
+        SCOPED_TRACE(row.token);
+        Principal* got = store_->verify_token(row.token);
+        EXPECT_EQ(got, row.principal ? p(row.principal) : nullptr);
+    }
+
+    // Rotation replaces the old token.
+    ASSERT_TRUE(store_->set_token(p("alice"), "tok-alice-2", kNow).ok());
+    commit_ok();
+    const Row after[] = {
+        {"tok-alice-1", nullptr},
+        {"tok-alice-2", "alice"},
+        {"tok-bob-1", "bob"},
+    };
+    for (const Row& row : after) {
+        SCOPED_TRACE(row.token);
+        EXPECT_EQ(store_->verify_token(row.token), row.principal ? p(row.principal) : nullptr);
+    }
+
+    // The keyed hash uses the persisted secret: the same tokens verify after a reopen.
+    reopen();
+    for (const Row& row : after) {
+        SCOPED_TRACE(std::string("after reopen: ") + row.token);
+        EXPECT_EQ(store_->verify_token(row.token), row.principal ? p(row.principal) : nullptr);
+    }
+}
+
+TEST_F(StoreTest, TokensAreStoredAsKeyedHashes) {
+    open();
+    add_all({"alice"});
+    ASSERT_TRUE(store_->set_token(p("alice"), "tok-secret-value", kNow).ok());
+    commit_ok();
+    RawDb raw(db_file());
+    EXPECT_EQ(raw.scalar("SELECT count(*) FROM tokens"), 1);
+    EXPECT_EQ(raw.scalar("SELECT length(hash) FROM tokens"), 32);
+    EXPECT_EQ(raw.scalar("SELECT count(*) FROM tokens WHERE hash = 'tok-secret-value' OR "
+                         "instr(hash, 'tok-secret') > 0"),
+              0);
+}
+
+// ---- append, heads, tails -----------------------------------------------------------------
+
+TEST_F(StoreTest, AppendGivesSenderAndRecipientTheNextSeq) {
+    open();
+    add_all({"alice", "bob", "carol"});
+    Principal* alice = p("alice");
+    Principal* bob = p("bob");
+    Principal* carol = p("carol");
+
+    AppendResult r = send(alice, bob, "{\"a\": 1}", "", kNow + 5);
+    EXPECT_EQ(r.sender_seq, 1);
+    EXPECT_FALSE(r.dup);
+    // Heads move at once; committed heads only on commit.
+    expect_heads("alice", 1, 0);
+    expect_heads("bob", 1, 0);
+    expect_heads("carol", 0, 0);
+    EXPECT_TRUE(store_->batch_open());
+    ASSERT_EQ(tail_seqs(*alice), std::vector<int64_t>{1});
+    ASSERT_EQ(tail_seqs(*bob), std::vector<int64_t>{1});
+    EXPECT_EQ(alice->tail[0].msg, bob->tail[0].msg); // stored once, shared
+    const MessageData& m = *bob->tail[0].msg;
+    EXPECT_EQ(m.from, "alice");
+    EXPECT_EQ(m.to, "bob");
+    EXPECT_EQ(m.client_id, "");
+    EXPECT_EQ(m.ts, kNow + 5);
+    EXPECT_EQ(m.body, "{\"a\": 1}");
+
+    EXPECT_EQ(names_of(commit_ok()), (std::vector<std::string>{"alice", "bob"}));
+    expect_heads("alice", 1, 1);
+    expect_heads("bob", 1, 1);
+    expect_heads("carol", 0, 0);
+    EXPECT_FALSE(store_->batch_open());
+
+    // Each log counts on its own.
+    r = send(bob, alice, "\"re\"");
+    EXPECT_EQ(r.sender_seq, 2);
+    r = send(carol, alice, "3");
+    EXPECT_EQ(r.sender_seq, 1);
+    EXPECT_EQ(names_of(commit_ok()), (std::vector<std::string>{"alice", "bob", "carol"}));
+    expect_heads("alice", 3, 3);
+    expect_heads("bob", 2, 2);
+    expect_heads("carol", 1, 1);
+    EXPECT_EQ(tail_seqs(*alice), (std::vector<int64_t>{1, 2, 3}));
+    EXPECT_EQ(alice->tail[1].msg->from, "bob");
+    EXPECT_EQ(alice->tail[1].msg->body, "\"re\"");
+    EXPECT_EQ(alice->tail[2].msg->from, "carol");
+    EXPECT_EQ(tail_seqs(*bob), (std::vector<int64_t>{1, 2}));
+    EXPECT_EQ(tail_seqs(*carol), (std::vector<int64_t>{1}));
+}
+
+TEST_F(StoreTest, AppendToSelfAndToGroup) {
+    open();
+    add_all({"alice", "bob", "carol"});
+    Principal* alice = p("alice");
+    Principal* bob = p("bob");
+    Principal* carol = p("carol");
+
+    // To itself: one entry only.
+    Principal* self[] = {alice};
+    auto r = store_->append(alice, "alice", self, "\"note\"", "", kNow);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(r->sender_seq, 1);
+    // A group including the sender: one entry in each member's log.
+    Principal* group[] = {alice, bob, carol};
+    r = store_->append(alice, "#team", group, "\"hi team\"", "", kNow);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(r->sender_seq, 2);
+    commit_ok();
+    expect_heads("alice", 2, 2);
+    expect_heads("bob", 1, 1);
+    expect_heads("carol", 1, 1);
+
+    auto got = page(*carol);
+    ASSERT_EQ(seqs_of(got), std::vector<int64_t>{1});
+    EXPECT_EQ(got[0].msg->from, "alice");
+    EXPECT_EQ(got[0].msg->to, "#team");
+    EXPECT_EQ(got[0].msg->body, "\"hi team\"");
+    got = page(*alice);
+    ASSERT_EQ(seqs_of(got), (std::vector<int64_t>{1, 2}));
+    EXPECT_EQ(got[0].msg->to, "alice");
+    EXPECT_EQ(got[1].msg->to, "#team");
+}
+
+TEST_F(StoreTest, SeveralAppendsInOneBatchCommitTogether) {
+    open();
+    add_all({"alice", "bob"});
+    Principal* alice = p("alice");
+    Principal* bob = p("bob");
+    for (int i = 1; i <= 3; ++i)
+        EXPECT_EQ(send(alice, bob, body_n(i)).sender_seq, i);
+    expect_heads("alice", 3, 0);
+    expect_heads("bob", 3, 0);
+    EXPECT_EQ(tail_seqs(*bob), (std::vector<int64_t>{1, 2, 3}));
+    EXPECT_EQ(seqs_of(page(*bob)), std::vector<int64_t>{});
+    {
+        RawDb raw(db_file());
+        EXPECT_EQ(raw.scalar("SELECT count(*) FROM log"), 0); // nothing visible outside yet
+    }
+
+    EXPECT_EQ(names_of(commit_ok()), (std::vector<std::string>{"alice", "bob"}));
+    expect_heads("alice", 3, 3);
+    expect_heads("bob", 3, 3);
+    EXPECT_EQ(seqs_of(page(*bob)), (std::vector<int64_t>{1, 2, 3}));
+    RawDb raw(db_file());
+    EXPECT_EQ(raw.scalar("SELECT count(*) FROM log"), 6);
+    EXPECT_EQ(raw.scalar("SELECT count(*) FROM messages"), 3);
+}
+
+TEST_F(StoreTest, TailKeepsTheNewestEntries) {
+    options_.tail_limit = 3;
+    open();
+    add_all({"alice", "bob"});
+    for (int i = 1; i <= 5; ++i)
+        send(p("alice"), p("bob"), body_n(i));
+    EXPECT_EQ(tail_seqs(*p("bob")), (std::vector<int64_t>{3, 4, 5}));
+    commit_ok();
+    EXPECT_EQ(tail_seqs(*p("bob")), (std::vector<int64_t>{3, 4, 5}));
+    EXPECT_EQ(p("bob")->tail.back().msg->body, body_n(5));
+    EXPECT_EQ(seqs_of(page(*p("bob"))), (std::vector<int64_t>{1, 2, 3, 4, 5}));
+}
+
+// ---- read_page ----------------------------------------------------------------------------
+
+TEST_F(StoreTest, ReadPage) {
+    open();
+    add_all({"alice", "bob"});
+    for (int i = 1; i <= 5; ++i) // bodies of 10 bytes each
+        send(p("alice"), p("bob"), body_n(i), "", kNow + i);
+    commit_ok();
+    ASSERT_EQ(body_n(1), "{\"n\":\"01\"}");
+
+    // max_bytes: rows are added until their bodies reach max_bytes; the first row always.
+    struct Row {
+        int64_t from_seq;
+        size_t max_rows;
+        size_t max_bytes;
+        std::vector<int64_t> want;
+    };
+    const Row rows[] = {
+        {1, 100, 1 << 20, {1, 2, 3, 4, 5}},
+        {0, 100, 1 << 20, {1, 2, 3, 4, 5}},
+        {-7, 100, 1 << 20, {1, 2, 3, 4, 5}},
+        {3, 100, 1 << 20, {3, 4, 5}},
+        {5, 100, 1 << 20, {5}},
+        {6, 100, 1 << 20, {}},
+        {1000, 100, 1 << 20, {}},
+        {1, 2, 1 << 20, {1, 2}},
+        {2, 1, 1 << 20, {2}},
+        {4, 5, 1 << 20, {4, 5}},
+        {1, 0, 1 << 20, {}},
+        {1, 100, 0, {1}},
+        {1, 100, 1, {1}},
+        {3, 100, 1, {3}},
+        {1, 100, 10, {1}},
+        {1, 100, 11, {1, 2}},
+        {1, 100, 20, {1, 2}},
+        {1, 100, 21, {1, 2, 3}},
+        {2, 100, 30, {2, 3, 4}},
+        {2, 2, 30, {2, 3}},
+        {1, 100, 50, {1, 2, 3, 4, 5}},
+    };
+    for (const Row& row : rows) {
+        SCOPED_TRACE("from_seq=" + std::to_string(row.from_seq) + " max_rows=" +
+                     std::to_string(row.max_rows) + " max_bytes=" + std::to_string(row.max_bytes));
+        std::vector<LogEntry> out{{99, nullptr}}; // cleared by read_page
+        auto r = store_->read_page(*p("bob"), row.from_seq, row.max_rows, row.max_bytes, out);
+        ASSERT_TRUE(r.ok()) << r.error().message;
+        EXPECT_EQ(seqs_of(out), row.want);
+        for (const LogEntry& e : out) {
+            ASSERT_NE(e.msg, nullptr);
+            EXPECT_EQ(e.msg->body, body_n(static_cast<int>(e.seq)));
+            EXPECT_EQ(e.msg->ts, kNow + e.seq);
+        }
+    }
+
+    // Entries carry every field; the sender's log holds its own sends.
+    auto got = page(*p("alice"), 2, 1);
+    ASSERT_EQ(seqs_of(got), std::vector<int64_t>{2});
+    EXPECT_EQ(got[0].msg->from, "alice");
+    EXPECT_EQ(got[0].msg->to, "bob");
+    EXPECT_EQ(got[0].msg->client_id, "");
+    EXPECT_EQ(got[0].msg->ts, kNow + 2);
+    EXPECT_EQ(got[0].msg->body, body_n(2));
+}
+
+TEST_F(StoreTest, ReadPageNeverReturnsUncommittedRows) {
+    open();
+    add_all({"alice", "bob"});
+    send(p("alice"), p("bob"), body_n(1));
+    send(p("alice"), p("bob"), body_n(2));
+    commit_ok();
+    send(p("alice"), p("bob"), body_n(3));
+    expect_heads("bob", 3, 2);
+    EXPECT_EQ(seqs_of(page(*p("bob"), 1)), (std::vector<int64_t>{1, 2}));
+    EXPECT_EQ(seqs_of(page(*p("bob"), 3)), std::vector<int64_t>{});
+    EXPECT_EQ(seqs_of(page(*p("alice"), 1)), (std::vector<int64_t>{1, 2}));
+    commit_ok();
+    EXPECT_EQ(seqs_of(page(*p("bob"), 1)), (std::vector<int64_t>{1, 2, 3}));
+    EXPECT_EQ(seqs_of(page(*p("bob"), 3)), std::vector<int64_t>{3});
+}
+
+// ---- dedupe -------------------------------------------------------------------------------
+
+TEST_F(StoreTest, DedupeSameIdSameMessageIsADuplicate) {
+    open();
+    add_all({"alice", "bob", "carol"});
+    Principal* alice = p("alice");
+    Principal* bob = p("bob");
+    Principal* carol = p("carol");
+    send(alice, carol, "\"first\""); // alice's seq 1
+    AppendResult first = send(alice, bob, "{\"x\": 1}", "id-1");
+    EXPECT_EQ(first.sender_seq, 2);
+    EXPECT_FALSE(first.dup);
+    commit_ok();
+
+    // A repeat in a later batch.
+    AppendResult again = send(alice, bob, "{\"x\": 1}", "id-1", kNow + 1000);
+    EXPECT_EQ(again.sender_seq, 2);
+    EXPECT_TRUE(again.dup);
+    expect_heads("alice", 2, 2);
+    expect_heads("bob", 1, 1);
+    EXPECT_EQ(names_of(commit_ok()), std::vector<std::string>{});
+    expect_heads("alice", 2, 2);
+    expect_heads("bob", 1, 1);
+    auto got = page(*bob);
+    ASSERT_EQ(seqs_of(got), std::vector<int64_t>{1});
+    EXPECT_EQ(got[0].msg->client_id, "id-1");
+    EXPECT_EQ(got[0].msg->ts, kNow);
+
+    // A repeat within the same batch as the first.
+    AppendResult a = send(alice, bob, "[2]", "id-2");
+    AppendResult b = send(alice, bob, "[2]", "id-2");
+    EXPECT_EQ(a.sender_seq, 3);
+    EXPECT_FALSE(a.dup);
+    EXPECT_EQ(b.sender_seq, 3);
+    EXPECT_TRUE(b.dup);
+    commit_ok();
+    expect_heads("alice", 3, 3);
+    expect_heads("bob", 2, 2);
+
+    // The ids survive a reopen.
+    reopen();
+    Principal* bob2 = p("bob");
+    Principal* target[] = {bob2};
+    auto r = store_->append(p("alice"), "bob", target, "{\"x\": 1}", "id-1", kNow + 2000);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(r->sender_seq, 2);
+    EXPECT_TRUE(r->dup);
+    commit_ok();
+    expect_heads("bob", 2, 2);
+    RawDb raw(db_file());
+    EXPECT_EQ(raw.scalar("SELECT count(*) FROM messages"), 3);
+}
+
+TEST_F(StoreTest, DedupeSameIdDifferentMessageIsAConflict) {
+    open();
+    add_all({"alice", "bob", "carol"});
+    Principal* alice = p("alice");
+    Principal* bob = p("bob");
+    Principal* carol = p("carol");
+    ASSERT_EQ(send(alice, bob, "{\"x\": 1}", "id-1").sender_seq, 1);
+    commit_ok();
+
+    const std::string conflict =
+        "id 'id-1' was already used for a different message; use a new id for a new message";
+    struct Row {
+        const char* name;
+        Principal* to;
+        std::string body;
+    };
+    const Row rows[] = {
+        {"other body", bob, "{\"x\": 2}"},
+        {"same body other whitespace", bob, "{\"x\":1}"},
+        {"other recipient", carol, "{\"x\": 1}"},
+    };
+    for (const Row& row : rows) {
+        SCOPED_TRACE(row.name);
+        core::Error e = send_error(alice, row.to, row.body, "id-1");
+        EXPECT_EQ(e.code, "conflict");
+        EXPECT_EQ(e.message, conflict);
+    }
+    // A conflict stores nothing and does not fail the batch.
+    expect_heads("alice", 1, 1);
+    expect_heads("bob", 1, 1);
+    expect_heads("carol", 0, 0);
+    EXPECT_EQ(send(alice, carol, "\"ok\"", "id-2").sender_seq, 2);
+    commit_ok();
+    EXPECT_FALSE(store_->status().degraded);
+    expect_heads("alice", 2, 2);
+    expect_heads("carol", 1, 1);
+}
+
+TEST_F(StoreTest, DedupeIdsArePerSender) {
+    open();
+    add_all({"alice", "bob"});
+    Principal* alice = p("alice");
+    Principal* bob = p("bob");
+    AppendResult a = send(alice, bob, "\"same\"", "shared-id");
+    AppendResult b = send(bob, alice, "\"same\"", "shared-id");
+    // bob's log: alice's message is 1, bob's own send is 2.
+    EXPECT_EQ(a.sender_seq, 1);
+    EXPECT_FALSE(a.dup);
+    EXPECT_EQ(b.sender_seq, 2);
+    EXPECT_FALSE(b.dup);
+    commit_ok();
+    expect_heads("alice", 2, 2);
+    expect_heads("bob", 2, 2);
+    // A different body under bob's id is bob's conflict only.
+    EXPECT_EQ(send_error(bob, alice, "\"other\"", "shared-id").code, "conflict");
+    AppendResult dup = send(alice, bob, "\"same\"", "shared-id");
+    EXPECT_EQ(dup.sender_seq, 1);
+    EXPECT_TRUE(dup.dup);
+    commit_ok();
+}
+
+TEST_F(StoreTest, DedupeWindow) {
+    open();
+    store_->set_dedupe_window_s(1);
+    add_all({"alice", "bob"});
+    Principal* alice = p("alice");
+    Principal* bob = p("bob");
+    const int64_t t0 = kNow;
+    ASSERT_EQ(send(alice, bob, "\"m\"", "k", t0).sender_seq, 1);
+    commit_ok();
+
+    AppendResult r = send(alice, bob, "\"m\"", "k", t0 + 500);
+    EXPECT_EQ(r.sender_seq, 1);
+    EXPECT_TRUE(r.dup);
+    EXPECT_EQ(send_error(alice, bob, "\"other\"", "k", t0 + 500).code, "conflict");
+
+    // Far enough later, the same id is a new message...
+    r = send(alice, bob, "\"m\"", "k", t0 + 2000);
+    EXPECT_EQ(r.sender_seq, 2);
+    EXPECT_FALSE(r.dup);
+    commit_ok();
+    expect_heads("bob", 2, 2);
+    // ...and the window now runs from the new one.
+    r = send(alice, bob, "\"m\"", "k", t0 + 2500);
+    EXPECT_EQ(r.sender_seq, 2);
+    EXPECT_TRUE(r.dup);
+    EXPECT_EQ(send_error(alice, bob, "\"other\"", "k", t0 + 2500).code, "conflict");
+    // Outside the window a different body under the old id is fine too.
+    r = send(alice, bob, "\"other\"", "k", t0 + 5000);
+    EXPECT_EQ(r.sender_seq, 3);
+    EXPECT_FALSE(r.dup);
+    commit_ok();
+
+    // The older messages keep their data but no longer their id.
+    auto got = page(*bob);
+    ASSERT_EQ(seqs_of(got), (std::vector<int64_t>{1, 2, 3}));
+    EXPECT_EQ(got[0].msg->client_id, "");
+    EXPECT_EQ(got[0].msg->body, "\"m\"");
+    EXPECT_EQ(got[1].msg->client_id, "");
+    EXPECT_EQ(got[1].msg->body, "\"m\"");
+    EXPECT_EQ(got[2].msg->client_id, "k");
+    EXPECT_EQ(got[2].msg->body, "\"other\"");
+}
+
+// ---- cursors ------------------------------------------------------------------------------
+
+TEST_F(StoreTest, CursorsAreMonotonicAndPersisted) {
+    open();
+    add_all({"alice", "bob"});
+    Principal* alice = p("alice");
+    EXPECT_EQ(store_->cursor(*alice, "laptop"), 0);
+
+    struct Row {
+        const char* device;
+        int64_t set;
+        int64_t want;
+    };
+    const Row rows[] = {
+        {"laptop", 5, 5}, {"laptop", 3, 5}, {"laptop", 5, 5}, {"laptop", 0, 5},
+        {"laptop", 7, 7}, {"phone", 2, 2},  {"phone", 1, 2},
+    };
+    for (const Row& row : rows) {
+        SCOPED_TRACE(std::string(row.device) + " set " + std::to_string(row.set));
+        store_->set_cursor(*alice, row.device, row.set);
+        EXPECT_EQ(store_->cursor(*alice, row.device), row.want);
+    }
+    EXPECT_TRUE(store_->batch_open()); // cursors are written with the next batch
+    EXPECT_EQ(store_->cursor(*p("bob"), "laptop"), 0);
+    EXPECT_EQ(names_of(commit_ok()), std::vector<std::string>{});
+    EXPECT_FALSE(store_->batch_open());
+
+    // Not committed: lost on reopen.
+    store_->set_cursor(*alice, "laptop", 9);
+    EXPECT_EQ(store_->cursor(*alice, "laptop"), 9);
+    reopen();
+    alice = p("alice");
+    EXPECT_EQ(store_->cursor(*alice, "laptop"), 7);
+    EXPECT_EQ(store_->cursor(*alice, "phone"), 2);
+    EXPECT_EQ(store_->cursor(*alice, "tablet"), 0);
+    EXPECT_EQ(store_->cursor(*p("bob"), "laptop"), 0);
+
+    // After a reopen, lower values are still ignored.
+    store_->set_cursor(*alice, "laptop", 6);
+    EXPECT_EQ(store_->cursor(*alice, "laptop"), 7);
+    store_->set_cursor(*alice, "laptop", 11);
+    commit_ok();
+    reopen();
+    EXPECT_EQ(store_->cursor(*p("alice"), "laptop"), 11);
+    EXPECT_EQ(store_->cursor(*p("alice"), "phone"), 2);
+}
+
+// ---- delete -------------------------------------------------------------------------------
+
+TEST_F(StoreTest, DeletePrincipalFreesTheName) {
+    open();
+    add_all({"alice", "bob"});
+    Principal* alice = p("alice");
+    Principal* bob = p("bob");
+    ASSERT_TRUE(store_->set_token(bob, "tok-bob", kNow).ok());
+    send(alice, bob, "\"one\"");
+    send(bob, alice, "\"two\"");
+    store_->set_cursor(*bob, "laptop", 2);
+    commit_ok();
+    const int64_t old_pid = bob->pid;
+    ASSERT_EQ(store_->verify_token("tok-bob"), bob);
+
+    ASSERT_TRUE(store_->delete_principal(bob).ok());
+    EXPECT_EQ(store_->find("bob"), nullptr); // the name is free at once
+    EXPECT_EQ(store_->verify_token("tok-bob"), nullptr);
+    commit_ok();
+    EXPECT_EQ(store_->find("bob"), nullptr);
+    EXPECT_EQ(store_->principal_count(), 1u);
+    EXPECT_EQ(store_->verify_token("tok-bob"), nullptr);
+    EXPECT_EQ(bob->name, "bob"); // still valid until drop_retired()
+    EXPECT_EQ(bob->pid, old_pid);
+    store_->drop_retired();
+    bob = nullptr;
+
+    // Re-adding the name gives a new principal with an empty log.
+    Principal* bob2 = add("bob");
+    ASSERT_NE(bob2, nullptr);
+    commit_ok();
+    EXPECT_NE(bob2->pid, old_pid);
+    EXPECT_EQ(store_->find("bob"), bob2);
+    EXPECT_EQ(bob2->head, 0);
+    EXPECT_EQ(bob2->committed_head, 0);
+    EXPECT_TRUE(bob2->tail.empty());
+    EXPECT_TRUE(bob2->cursors.empty());
+    EXPECT_EQ(store_->cursor(*bob2, "laptop"), 0);
+    EXPECT_EQ(seqs_of(page(*bob2)), std::vector<int64_t>{});
+    EXPECT_EQ(store_->verify_token("tok-bob"), nullptr);
+    EXPECT_EQ(store_->principal_count(), 2u);
+
+    // alice keeps both entries, including the one the deleted bob sent.
+    auto got = page(*alice);
+    ASSERT_EQ(seqs_of(got), (std::vector<int64_t>{1, 2}));
+    EXPECT_EQ(got[1].msg->from, "bob");
+    EXPECT_EQ(got[1].msg->body, "\"two\"");
+
+    // The new bob starts at seq 1 and has its own token.
+    EXPECT_EQ(send(alice, bob2, "\"three\"").sender_seq, 3);
+    ASSERT_TRUE(store_->set_token(bob2, "tok-bob-new", kNow).ok());
+    commit_ok();
+    expect_heads("bob", 1, 1);
+    EXPECT_EQ(store_->verify_token("tok-bob-new"), bob2);
+
+    reopen();
+    EXPECT_EQ(store_->principal_count(), 2u);
+    ASSERT_NE(p("bob"), nullptr);
+    EXPECT_NE(p("bob")->pid, old_pid);
+    expect_heads("bob", 1, 1);
+    expect_heads("alice", 3, 3);
+    EXPECT_EQ(store_->cursor(*p("bob"), "laptop"), 0);
+    EXPECT_EQ(store_->verify_token("tok-bob"), nullptr);
+    EXPECT_EQ(store_->verify_token("tok-bob-new"), p("bob"));
+    EXPECT_EQ(seqs_of(page(*p("bob"))), std::vector<int64_t>{1});
+    RawDb raw(db_file());
+    EXPECT_EQ(raw.scalar("SELECT count(*) FROM log WHERE pid = " + std::to_string(old_pid)), 0);
+    EXPECT_EQ(raw.scalar("SELECT count(*) FROM cursors WHERE pid = " + std::to_string(old_pid)), 0);
+    EXPECT_EQ(raw.scalar("SELECT count(*) FROM tokens WHERE pid = " + std::to_string(old_pid)), 0);
+}
+
+TEST_F(StoreTest, DeleteAndReAddInOneBatch) {
+    open();
+    add_all({"alice", "bob"});
+    send(p("alice"), p("bob"), "\"one\"");
+    commit_ok();
+    Principal* old_bob = p("bob");
+    const int64_t old_pid = old_bob->pid;
+    ASSERT_TRUE(store_->delete_principal(old_bob).ok());
+    Principal* bob2 = add("bob");
+    ASSERT_NE(bob2, nullptr);
+    commit_ok();
+    store_->drop_retired();
+    EXPECT_EQ(store_->find("bob"), bob2);
+    EXPECT_NE(bob2->pid, old_pid);
+    expect_heads("bob", 0, 0);
+    reopen();
+    EXPECT_EQ(store_->principal_count(), 2u);
+    expect_heads("bob", 0, 0);
+    EXPECT_EQ(seqs_of(page(*p("bob"))), std::vector<int64_t>{});
+}
+
+// ---- reopen -------------------------------------------------------------------------------
+
+TEST_F(StoreTest, ReopenRestoresHeadsAndCursors) {
+    open();
+    add_all({"alice", "bob", "carol", "dave"});
+    for (int i = 0; i < 4; ++i)
+        send(p("alice"), p("bob"), body_n(i));
+    send(p("bob"), p("carol"), "\"x\"");
+    store_->set_cursor(*p("bob"), "laptop", 3);
+    store_->set_cursor(*p("carol"), "phone", 1);
+    commit_ok();
+    send(p("carol"), p("alice"), "\"y\"");
+    commit_ok();
+
+    struct Row {
+        const char* name;
+        int64_t head;
+    };
+    const Row rows[] = {{"alice", 5}, {"bob", 5}, {"carol", 2}, {"dave", 0}};
+    for (const Row& row : rows)
+        expect_heads(row.name, row.head, row.head);
+
+    reopen();
+    for (const Row& row : rows) {
+        SCOPED_TRACE(row.name);
+        expect_heads(row.name, row.head, row.head);
+        auto got = page(*p(row.name));
+        EXPECT_EQ(got.size(), static_cast<size_t>(row.head));
+        if (!got.empty()) {
+            EXPECT_EQ(got.back().seq, row.head);
+        }
+    }
+    EXPECT_EQ(store_->cursor(*p("bob"), "laptop"), 3);
+    EXPECT_EQ(store_->cursor(*p("carol"), "phone"), 1);
+    EXPECT_EQ(store_->cursor(*p("alice"), "laptop"), 0);
+
+    // Seqs continue after the reopen; none is reused.
+    EXPECT_EQ(send(p("bob"), p("dave"), "\"z\"").sender_seq, 6);
+    commit_ok();
+    expect_heads("bob", 6, 6);
+    expect_heads("dave", 1, 1);
+    EXPECT_EQ(seqs_of(page(*p("bob"), 5)), (std::vector<int64_t>{5, 6}));
+}
+
+// ---- batch failure ------------------------------------------------------------------------
+
+TEST_F(StoreTest, BusyDatabaseFailsTheBatch) {
+    open();
+    add_all({"alice", "bob"});
+    Principal* alice = p("alice");
+    Principal* bob = p("bob");
+    send(alice, bob, "\"one\"");
+    commit_ok();
+
+    RawDb blocker(db_file());
+    ASSERT_EQ(blocker.exec("BEGIN IMMEDIATE"), "");
+
+    core::Error e = send_error(alice, bob, "\"two\"");
+    EXPECT_EQ(e.code, "unavailable");
+    EXPECT_EQ(e.message, kBusyMessage);
+    // Every later write of the failed batch fails the same way.
+    e = send_error(alice, bob, "\"three\"");
+    EXPECT_EQ(e.code, "unavailable");
+    EXPECT_EQ(e.message, kBusyMessage);
+    auto added = store_->add_principal("carol", Kind::user, kNow);
+    ASSERT_FALSE(added.ok());
+    EXPECT_EQ(added.error().code, "unavailable");
+    EXPECT_EQ(store_->find("carol"), nullptr);
+    auto tok = store_->set_token(alice, "tok", kNow);
+    ASSERT_FALSE(tok.ok());
+    EXPECT_EQ(tok.error().code, "unavailable");
+    EXPECT_TRUE(store_->batch_open());
+
+    e = commit_error();
+    EXPECT_EQ(e.code, "unavailable");
+    EXPECT_EQ(e.message, kBusyMessage);
+    EXPECT_FALSE(store_->batch_open());
+    expect_heads("alice", 1, 1);
+    expect_heads("bob", 1, 1);
+    EXPECT_EQ(tail_seqs(*bob), std::vector<int64_t>{1});
+    StoreStatus st = store_->status();
+    EXPECT_TRUE(st.degraded);
+    EXPECT_EQ(st.message, kBusyMessage);
+
+    // Still blocked: the next batch fails too.
+    EXPECT_EQ(send_error(alice, bob, "\"four\"").code, "unavailable");
+    EXPECT_EQ(commit_error().code, "unavailable");
+    EXPECT_TRUE(store_->status().degraded);
+
+    ASSERT_EQ(blocker.exec("ROLLBACK"), "");
+    EXPECT_TRUE(store_->status().degraded); // until a batch commits
+    AppendResult r = send(alice, bob, "\"five\"");
+    EXPECT_EQ(r.sender_seq, 2);
+    EXPECT_FALSE(r.dup);
+    EXPECT_EQ(names_of(commit_ok()), (std::vector<std::string>{"alice", "bob"}));
+    expect_heads("alice", 2, 2);
+    expect_heads("bob", 2, 2);
+    st = store_->status();
+    EXPECT_FALSE(st.degraded);
+    EXPECT_EQ(st.message, "");
+    auto got = page(*bob);
+    ASSERT_EQ(seqs_of(got), (std::vector<int64_t>{1, 2}));
+    EXPECT_EQ(got[1].msg->body, "\"five\"");
+    EXPECT_EQ(store_->verify_token("tok"), nullptr);
+}
+
+TEST_F(StoreTest, BusyDatabaseKeepsCursorsForTheNextBatch) {
+    open();
+    add_all({"alice"});
+    RawDb blocker(db_file());
+    ASSERT_EQ(blocker.exec("BEGIN IMMEDIATE"), "");
+    store_->set_cursor(*p("alice"), "laptop", 4);
+    core::Error e = commit_error();
+    EXPECT_EQ(e.code, "unavailable");
+    EXPECT_EQ(e.message,
+              "storage cannot take the write now (begin: database is locked); nothing was "
+              "stored, retry later");
+    EXPECT_TRUE(store_->status().degraded);
+    EXPECT_EQ(store_->cursor(*p("alice"), "laptop"), 4);
+    EXPECT_TRUE(store_->batch_open());
+
+    ASSERT_EQ(blocker.exec("ROLLBACK"), "");
+    commit_ok(); // a cursor-only batch
+    EXPECT_FALSE(store_->status().degraded);
+    EXPECT_FALSE(store_->batch_open());
+    reopen();
+    EXPECT_EQ(store_->cursor(*p("alice"), "laptop"), 4);
+}
+
+// A trigger added from outside makes inserts into one principal's log fail, so that a batch
+// fails after some of its writes succeeded.
+class FailingLogTest : public StoreTest {
+  protected:
+    void arm(const Principal& victim) {
+        RawDb raw(db_file());
+        ASSERT_EQ(raw.exec("CREATE TRIGGER fail_log BEFORE INSERT ON log WHEN NEW.pid = " +
+                           std::to_string(victim.pid) +
+                           " BEGIN SELECT RAISE(ABORT, 'injected failure'); END"),
+                  "");
+    }
+    void disarm() {
+        RawDb raw(db_file());
+        ASSERT_EQ(raw.exec("DROP TRIGGER fail_log"), "");
+    }
+    const std::string fail_message_ = "storage cannot take the write now (append to log: "
+                                      "injected failure); nothing was stored, retry later";
+};
+
+TEST_F(FailingLogTest, FailedBatchRestoresHeadsAndTails) {
+    open();
+    add_all({"alice", "bob", "carol"});
+    Principal* alice = p("alice");
+    Principal* bob = p("bob");
+    Principal* carol = p("carol");
+    ASSERT_TRUE(store_->set_token(alice, "tok-old", kNow).ok());
+    send(alice, bob, "\"one\"");
+    commit_ok();
+    arm(*carol);
+
+    // The batch: writes that succeed, then one that fails, then more.
+    EXPECT_EQ(send(alice, bob, "\"two\"").sender_seq, 2);
+    EXPECT_EQ(send(bob, alice, "\"three\"", "id-3").sender_seq, 3);
+    ASSERT_TRUE(store_->set_token(alice, "tok-new", kNow).ok());
+    Principal* dave = add("dave");
+    ASSERT_NE(dave, nullptr);
+    EXPECT_EQ(send(alice, dave, "\"four\"").sender_seq, 4);
+    ASSERT_TRUE(store_->delete_principal(bob).ok());
+    EXPECT_EQ(store_->find("bob"), nullptr);
+    expect_heads("alice", 4, 1);
+    EXPECT_EQ(tail_seqs(*alice), (std::vector<int64_t>{1, 2, 3, 4}));
+
+    core::Error e = send_error(alice, carol, "\"five\"");
+    EXPECT_EQ(e.code, "unavailable");
+    EXPECT_EQ(e.message, fail_message_);
+    e = send_error(alice, dave, "\"six\"");
+    EXPECT_EQ(e.code, "unavailable");
+    EXPECT_EQ(e.message, fail_message_);
+
+    e = commit_error();
+    EXPECT_EQ(e.code, "unavailable");
+    EXPECT_EQ(e.message, fail_message_);
+    EXPECT_FALSE(store_->batch_open());
+    // Every head and tail is back where the last commit left it.
+    EXPECT_EQ(store_->find("bob"), bob);      // the delete is undone
+    EXPECT_EQ(store_->find("dave"), nullptr); // the add is undone
+    EXPECT_EQ(store_->principal_count(), 3u);
+    expect_heads("alice", 1, 1);
+    expect_heads("bob", 1, 1);
+    expect_heads("carol", 0, 0);
+    EXPECT_EQ(tail_seqs(*alice), std::vector<int64_t>{1});
+    EXPECT_EQ(tail_seqs(*bob), std::vector<int64_t>{1});
+    EXPECT_EQ(tail_seqs(*carol), std::vector<int64_t>{});
+    EXPECT_EQ(store_->verify_token("tok-old"), alice); // the rotation is undone
+    EXPECT_EQ(store_->verify_token("tok-new"), nullptr);
+    StoreStatus st = store_->status();
+    EXPECT_TRUE(st.degraded);
+    EXPECT_EQ(st.message, fail_message_);
+    EXPECT_EQ(seqs_of(page(*alice)), std::vector<int64_t>{1});
+    {
+        RawDb raw(db_file());
+        EXPECT_EQ(raw.scalar("SELECT count(*) FROM messages"), 1);
+        EXPECT_EQ(raw.scalar("SELECT count(*) FROM log"), 2);
+        EXPECT_EQ(raw.scalar("SELECT count(*) FROM principals"), 3);
+    }
+
+    // The id used in the failed batch was not stored: it is new again.
+    disarm();
+    AppendResult r = send(bob, alice, "\"three\"", "id-3");
+    EXPECT_EQ(r.sender_seq, 2);
+    EXPECT_FALSE(r.dup);
+    EXPECT_EQ(send(alice, carol, "\"five\"").sender_seq, 3);
+    EXPECT_EQ(names_of(commit_ok()), (std::vector<std::string>{"alice", "bob", "carol"}));
+    st = store_->status();
+    EXPECT_FALSE(st.degraded);
+    EXPECT_EQ(st.message, "");
+    expect_heads("alice", 3, 3);
+    expect_heads("bob", 2, 2);
+    expect_heads("carol", 1, 1);
+    EXPECT_EQ(tail_seqs(*alice), (std::vector<int64_t>{1, 2, 3}));
+    EXPECT_EQ(alice->tail[1].msg->body, "\"three\"");
+
+    reopen();
+    expect_heads("alice", 3, 3);
+    expect_heads("bob", 2, 2);
+    expect_heads("carol", 1, 1);
+    EXPECT_EQ(store_->find("dave"), nullptr);
+    EXPECT_EQ(store_->verify_token("tok-old"), p("alice"));
+    EXPECT_EQ(store_->verify_token("tok-new"), nullptr);
+    auto got = page(*p("alice"));
+    ASSERT_EQ(seqs_of(got), (std::vector<int64_t>{1, 2, 3}));
+    EXPECT_EQ(got[1].msg->from, "bob");
+    EXPECT_EQ(got[1].msg->client_id, "id-3");
+    EXPECT_EQ(got[2].msg->to, "carol");
+}
+
+TEST_F(FailingLogTest, FailedBatchKeepsTailContiguousAtTheLimit) {
+    options_.tail_limit = 2;
+    open();
+    add_all({"alice", "bob", "carol"});
+    for (int i = 1; i <= 3; ++i)
+        send(p("alice"), p("bob"), body_n(i));
+    commit_ok();
+    EXPECT_EQ(tail_seqs(*p("bob")), (std::vector<int64_t>{2, 3}));
+    arm(*p("carol"));
+    send(p("alice"), p("bob"), body_n(4));
+    send(p("alice"), p("bob"), body_n(5));
+    EXPECT_EQ(tail_seqs(*p("bob")), (std::vector<int64_t>{4, 5}));
+    EXPECT_EQ(send_error(p("alice"), p("carol"), "\"x\"").code, "unavailable");
+    EXPECT_EQ(commit_error().code, "unavailable");
+    expect_heads("bob", 3, 3);
+    // The tail may have lost its older entries, but never holds one above the head.
+    EXPECT_EQ(tail_seqs(*p("bob")), std::vector<int64_t>{});
+    disarm();
+    send(p("alice"), p("bob"), body_n(4));
+    commit_ok();
+    EXPECT_EQ(tail_seqs(*p("bob")), std::vector<int64_t>{4});
+    EXPECT_EQ(seqs_of(page(*p("bob"))), (std::vector<int64_t>{1, 2, 3, 4}));
+}
+
+// A device's ack (set_cursor) that shares a batch with a delete_principal that fails must be
+// retried with the next batch, like every other cursor of a failed batch.
+// Fails on store.cc as of this writing: delete_principal() erases p's entries from
+// dirty_cursors_ at once, and the undo of the failed batch restores the principal but not
+// those entries, so the acked cursor stays in memory and is never written.
+TEST_F(FailingLogTest, FailedDeleteKeepsPendingCursor) {
+    open();
+    add_all({"alice", "bob", "carol"});
+    send(p("alice"), p("bob"), "\"one\"");
+    commit_ok();
+    arm(*p("carol"));
+    Principal* bob = p("bob");
+    store_->set_cursor(*bob, "laptop", 1);
+    ASSERT_TRUE(store_->delete_principal(bob).ok());
+    EXPECT_EQ(send_error(p("alice"), p("carol"), "\"x\"").code, "unavailable");
+    EXPECT_EQ(commit_error().code, "unavailable");
+    EXPECT_EQ(store_->find("bob"), bob);
+    EXPECT_EQ(store_->cursor(*bob, "laptop"), 1);
+    disarm();
+    commit_ok();
+    reopen();
+    EXPECT_EQ(store_->cursor(*p("bob"), "laptop"), 1);
+}
+
+} // namespace
+} // namespace meshd::store
