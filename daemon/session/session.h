@@ -30,7 +30,10 @@ class Broker;
 class Link {
   public:
     virtual void want_write() = 0; // call next_frame() on the next writable callback
-    virtual void kill() = 0;       // drop the TCP connection now, without a close handshake
+    // Write what next_frame() gives now, without waiting for a writable callback; whatever
+    // does not fit goes out on writable callbacks. Only outside transport callbacks.
+    virtual void write_now() = 0;
+    virtual void kill() = 0; // drop the TCP connection now, without a close handshake
   protected:
     ~Link() = default;
 };

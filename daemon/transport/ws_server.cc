@@ -16,6 +16,25 @@ namespace {
 
 constexpr size_t shrink_above = 64 * 1024;
 
+// Bytes of frames handed to the socket per writable callback.
+constexpr size_t write_budget = 64 * 1024;
+
+// RFC 6455 header of an unmasked, final text frame carrying `len` payload bytes.
+void append_frame_header(std::string& out, size_t len) {
+    out += static_cast<char>(0x81);
+    if (len < 126) {
+        out += static_cast<char>(len);
+    } else if (len < 65536) {
+        out += static_cast<char>(126);
+        out += static_cast<char>(len >> 8);
+        out += static_cast<char>(len & 0xff);
+    } else {
+        out += static_cast<char>(127);
+        for (int shift = 56; shift >= 0; shift -= 8)
+            out += static_cast<char>((static_cast<uint64_t>(len) >> shift) & 0xff);
+    }
+}
+
 // One accepted WebSocket connection.
 class Connection final : public session::Link {
   public:
@@ -27,6 +46,16 @@ class Connection final : public session::Link {
     void want_write() override {
         if (!dead_)
             lws_callback_on_writable(wsi_);
+    }
+    void write_now() override {
+        if (dead_ || failed_)
+            return;
+        // A failed write cannot close the connection from here (the caller may be walking
+        // a list of sessions); the next writable callback returns -1 instead.
+        if (on_writable() < 0) {
+            failed_ = true;
+            lws_callback_on_writable(wsi_);
+        }
     }
     void kill() override {
         if (dead_)
@@ -69,33 +98,60 @@ class Connection final : public session::Link {
             rx_.clear();
     }
 
-    // One lws_write per writable callback; asks for another while output remains.
+    // One socket write per writable callback: the session's text frames are framed here
+    // (server frames are unmasked) into one buffer, up to write_budget bytes, and handed to
+    // lws as LWS_WRITE_HTTP, which the ws role sends raw, in order with anything lws still
+    // buffers. Pings and the close frame go through lws's own framing.
     int on_writable() {
-        session::OutFrame f = session_->next_frame();
-        switch (f.kind) {
-        case session::OutFrame::Kind::none:
-            return 0;
-        case session::OutFrame::Kind::text:
-            if (lws_write(wsi_, reinterpret_cast<unsigned char*>(f.data), f.len,
-                          LWS_WRITE_TEXT) < static_cast<int>(f.len))
+        if (failed_)
+            return -1;
+        std::string& batch = server_.write_batch();
+        batch.assign(LWS_PRE, '\0');
+        bool more = false;
+        for (;;) {
+            if (batch.size() - LWS_PRE >= write_budget) {
+                more = true;
+                break;
+            }
+            session::OutFrame f = session_->next_frame();
+            if (f.kind == session::OutFrame::Kind::none)
+                break;
+            if (f.kind == session::OutFrame::Kind::text) {
+                append_frame_header(batch, f.len);
+                batch.append(f.data, f.len);
+                continue;
+            }
+            if (flush(batch) < 0)
                 return -1;
-            break;
-        case session::OutFrame::Kind::ping:
-            if (lws_write(wsi_, reinterpret_cast<unsigned char*>(f.data), f.len,
-                          LWS_WRITE_PING) < 0)
-                return -1;
-            break;
-        case session::OutFrame::Kind::close:
+            if (f.kind == session::OutFrame::Kind::ping) {
+                if (lws_write(wsi_, reinterpret_cast<unsigned char*>(f.data), f.len,
+                              LWS_WRITE_PING) < 0)
+                    return -1;
+                continue;
+            }
             // Debian's lws 4.1 debug build sends only a FIN for lws_close_reason()+return -1,
             // so write the close frame ourselves; lws closes when the peer echoes it, and the
             // broker kills the connection if that takes longer than 3 s.
-            if (lws_write(wsi_, reinterpret_cast<unsigned char*>(f.data), f.len,
-                          static_cast<lws_write_protocol>(4 /* LWS_WRITE_CLOSE, internal in 4.1 */)) < 0)
-                return -1;
+            lws_write(wsi_, reinterpret_cast<unsigned char*>(f.data), f.len,
+                      static_cast<lws_write_protocol>(4 /* LWS_WRITE_CLOSE, internal in 4.1 */));
             return 0;
         }
-        lws_callback_on_writable(wsi_);
+        if (flush(batch) < 0)
+            return -1;
+        if (more)
+            lws_callback_on_writable(wsi_);
         return 0;
+    }
+
+    // Hands the framed bytes to lws (sent at once, or buffered by lws if the socket is full).
+    int flush(std::string& batch) {
+        size_t len = batch.size() - LWS_PRE;
+        if (len == 0)
+            return 0;
+        int n = lws_write(wsi_, reinterpret_cast<unsigned char*>(batch.data() + LWS_PRE), len,
+                          LWS_WRITE_HTTP);
+        batch.resize(LWS_PRE);
+        return n < 0 ? -1 : 0;
     }
 
     void attach(std::unique_ptr<session::Session> s) { session_ = std::move(s); }
@@ -114,6 +170,7 @@ class Connection final : public session::Link {
     bool rx_oversize_ = false;
     bool rx_binary_ = false;
     bool dead_ = false;
+    bool failed_ = false;
 };
 
 struct PerSession {

@@ -2,7 +2,7 @@
 //
 // Owns the lws context, one vhost per `server.listen` address, and each connection's
 // receive assembly (fragments -> one frame, bounded by limits.max_frame). Output is pulled
-// from the session on each writable callback: one lws_write per callback.
+// from the session on each writable callback and leaves in one socket write per callback.
 #pragma once
 
 #include <memory>
@@ -44,6 +44,8 @@ class WsServer {
     session::Broker& broker() { return broker_; }
     bool accepting() const { return accepting_; }
     size_t max_frame() const { return max_frame_; }
+    // The reused buffer a writable callback frames its output into.
+    std::string& write_batch() { return write_batch_; }
 
   private:
     WsServer(session::Broker& broker) : broker_(broker) {}
@@ -51,6 +53,7 @@ class WsServer {
     session::Broker& broker_;
     std::vector<std::string> listening_;
     size_t max_frame_ = 1 << 20;
+    std::string write_batch_;
     bool accepting_ = true;
     bool destroy_begun_ = false;
 };
