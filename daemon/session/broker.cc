@@ -162,13 +162,7 @@ void Broker::end_of_turn() {
         stored_events_.clear();
         return;
     }
-    for (store::Principal* p : touched_) {
-        auto it = live_.find(p->pid);
-        if (it != live_.end())
-            for (Session* s : it->second)
-                s->wake();
-    }
-    touched_.clear();
+    wake_touched();
     if (r)
         for (const StoredEvent& ev : stored_events_)
             modules_.stored(*ev.recipient, ev.sender, ev.seq, live_count(*ev.recipient) > 0);
@@ -180,15 +174,22 @@ void Broker::end_of_turn() {
         store_.drop_retired();
 }
 
-void Broker::release_durable() {
-    store_.take_durable(touched_);
+// Wakes every live device of the principals whose committed head just moved.
+void Broker::wake_touched() {
+    wake_list_.clear(); // a copy: writing must never see live_ change under it
     for (store::Principal* p : touched_) {
         auto it = live_.find(p->pid);
         if (it != live_.end())
-            for (Session* s : it->second)
-                s->wake();
+            wake_list_.insert(wake_list_.end(), it->second.begin(), it->second.end());
     }
     touched_.clear();
+    for (Session* s : wake_list_)
+        s->wake();
+}
+
+void Broker::release_durable() {
+    store_.take_durable(touched_);
+    wake_touched();
     uint64_t durable = store_.durable_batch();
     while (!waiting_.empty() && waiting_.front().batch <= durable) {
         Waiting w = std::move(waiting_.front());

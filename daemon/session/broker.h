@@ -123,7 +123,9 @@ class Broker {
     };
     std::deque<Waiting> waiting_;
     void release_durable();
+    void wake_touched();
     std::vector<store::Principal*> touched_;
+    std::vector<Session*> wake_list_;
     std::vector<uint64_t> kill_list_;
 
     core::UvCheck turn_end_;

@@ -428,6 +428,14 @@ const store::LogEntry* Session::entry_at(int64_t seq) {
     return &page_[static_cast<size_t>(seq - page_.front().seq)];
 }
 
+// The end of the replay: everything up to the head at welcome has been sent.
+void Session::append_synced(std::string& buf) {
+    synced_ = true;
+    buf += R"({"type":"synced","seq":)";
+    core::json_append_int(buf, sync_target_);
+    buf += '}';
+}
+
 OutFrame Session::next_frame() {
     OutFrame out;
     std::string& buf = broker_.scratch();
@@ -475,10 +483,7 @@ OutFrame Session::next_frame() {
         return finish(OutFrame::Kind::text);
     }
     if (!synced_ && next_seq_ > sync_target_) {
-        synced_ = true;
-        buf += R"({"type":"synced","seq":)";
-        core::json_append_int(buf, sync_target_);
-        buf += '}';
+        append_synced(buf);
         return finish(OutFrame::Kind::text);
     }
     while (next_seq_ <= p.committed_head) {
@@ -526,10 +531,7 @@ OutFrame Session::next_frame() {
         return finish(OutFrame::Kind::text);
     }
     if (!synced_ && next_seq_ > sync_target_) {
-        synced_ = true;
-        buf += R"({"type":"synced","seq":)";
-        core::json_append_int(buf, sync_target_);
-        buf += '}';
+        append_synced(buf);
         return finish(OutFrame::Kind::text);
     }
     return out;

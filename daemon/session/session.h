@@ -104,6 +104,7 @@ class Session {
     void bad_input(std::string_view code, std::string_view message, std::string_view ref,
                    bool has_ref);
     const store::LogEntry* entry_at(int64_t seq);
+    void append_synced(std::string& buf);
     void detach();         // leaves the principal's live set
 
     Broker& broker_;

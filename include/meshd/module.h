@@ -172,6 +172,27 @@ typedef struct meshd_module {
 MESHD_EXPORT int meshd_module_abi(const int *host_abis, int n);
 MESHD_EXPORT const meshd_module *meshd_module_get(int abi);
 
+/* Defines both exports for a module built against this header only, from its descriptor
+ * (a meshd_module object with .abi = MESHD_MODULE_ABI). Use once, at file scope:
+ *     static meshd_module descriptor = {...};
+ *     MESHD_MODULE_DEFINE(descriptor)
+ */
+#ifdef __cplusplus
+#define MESHD_MODULE_EXTERN_C extern "C"
+#else
+#define MESHD_MODULE_EXTERN_C
+#endif
+#define MESHD_MODULE_DEFINE(descriptor)                                                         \
+    MESHD_MODULE_EXTERN_C MESHD_EXPORT int meshd_module_abi(const int *host_abis, int n) {     \
+        for (int i = 0; i < n; ++i)                                                             \
+            if (host_abis[i] == MESHD_MODULE_ABI)                                               \
+                return MESHD_MODULE_ABI;                                                        \
+        return -1;                                                                              \
+    }                                                                                           \
+    MESHD_MODULE_EXTERN_C MESHD_EXPORT const meshd_module *meshd_module_get(int abi) {          \
+        return abi == MESHD_MODULE_ABI ? &(descriptor) : (const meshd_module *)0;               \
+    }
+
 /* ---- host calls (exported by the meshd executable) ------------------------------------- */
 
 /* Log one event line: level=... module=NAME event=EVENT MESSAGE. */

@@ -49,13 +49,4 @@ const meshd_module descriptor = [] {
 
 } // namespace
 
-extern "C" MESHD_EXPORT int meshd_module_abi(const int* host_abis, int n) {
-    for (int i = 0; i < n; ++i)
-        if (host_abis[i] == MESHD_MODULE_ABI)
-            return MESHD_MODULE_ABI;
-    return -1;
-}
-
-extern "C" MESHD_EXPORT const meshd_module* meshd_module_get(int abi) {
-    return abi == MESHD_MODULE_ABI ? &descriptor : nullptr;
-}
+MESHD_MODULE_DEFINE(descriptor)
