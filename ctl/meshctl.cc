@@ -29,6 +29,7 @@
 #include <vector>
 
 #if __has_include("meshd_build.h")
+#include "core/names.h"
 #include "meshd_build.h"
 #endif
 #ifndef MESHD_VERSION
@@ -60,6 +61,10 @@ Commands:
   user list                list users and agents
   user del NAME            delete NAME and close its sessions
   user token NAME          issue a new token for NAME; the old one stops working
+  device list NAME         list NAME's devices: cursor, lag, connected or not
+  device forget NAME DEVICE
+                           close DEVICE of NAME, delete its cursor and free its slot
+                           (limits.max_devices); it next starts from the whole log
   sessions                 list connected devices with their lag (head - cursor)
   reload                   re-read the config file, apply what can change live
   help                     show this help
@@ -196,18 +201,6 @@ int64_t now_ms() {
         .count();
 }
 
-std::string group_name(gid_t gid) {
-    std::vector<char> buf(4096);
-    struct group entry {};
-    struct group* found = nullptr;
-    while (getgrgid_r(gid, &entry, buf.data(), buf.size(), &found) == ERANGE &&
-           buf.size() < size_t{1024} * 1024)
-        buf.resize(buf.size() * 2);
-    if (found == nullptr || found->gr_name == nullptr)
-        return "gid " + std::to_string(gid);
-    return found->gr_name;
-}
-
 // Columns padded to their widest cell; `right` marks numeric columns.
 std::string render_table(const std::vector<std::string>& header, const std::vector<bool>& right,
                          const std::vector<std::vector<std::string>>& rows) {
@@ -320,11 +313,23 @@ Options parse_args(int argc, char** argv) {
 }
 
 // What the words ask for: the request to send and how to show its result.
-enum class Command { status, user_add, user_list, user_del, user_token, sessions, reload, help };
+enum class Command {
+    status,
+    user_add,
+    user_list,
+    user_del,
+    user_token,
+    device_list,
+    device_forget,
+    sessions,
+    reload,
+    help
+};
 
 struct Invocation {
     Command command = Command::help;
-    std::string name; // NAME for the user commands
+    std::string name;   // NAME for the user and device commands
+    std::string device; // DEVICE for device forget
 };
 
 std::optional<Failure> parse_command(const Options& opt, Invocation& inv) {
@@ -371,9 +376,33 @@ std::optional<Failure> parse_command(const Options& opt, Invocation& inv) {
             return usage_error("unknown subcommand \"user " + printable(sub) +
                                "\"; use user add, user list, user del or user token");
         }
+    } else if (first == "device") {
+        if (w.size() < 2)
+            return usage_error("device needs a subcommand: list or forget");
+        const std::string& sub = w[1];
+        if (sub == "list") {
+            inv.command = Command::device_list;
+            if (w.size() < 3)
+                return usage_error("device list needs a NAME: meshctl device list NAME");
+            inv.name = w[2];
+            err = no_more(3, "device list NAME");
+        } else if (sub == "forget") {
+            inv.command = Command::device_forget;
+            if (w.size() < 4)
+                return usage_error(std::string("device forget needs ") +
+                                   (w.size() < 3 ? "a NAME and a DEVICE" : "a DEVICE") +
+                                   ": meshctl device forget NAME DEVICE");
+            inv.name = w[2];
+            inv.device = w[3];
+            err = no_more(4, "device forget NAME DEVICE");
+        } else {
+            return usage_error("unknown subcommand \"device " + printable(sub) +
+                               "\"; use device list or device forget");
+        }
     } else {
         return usage_error("unknown command \"" + printable(first) +
-                           "\"; commands: status, user add|list|del|token, sessions, reload");
+                           "\"; commands: status, user add|list|del|token, device list|forget, "
+                           "sessions, reload");
     }
     if (!err && opt.agent && inv.command != Command::user_add)
         err = usage_error("--agent only applies to user add");
@@ -398,6 +427,12 @@ std::string build_request(const Invocation& inv, bool agent) {
     case Command::user_token:
         json_append_string(req, "user.token");
         break;
+    case Command::device_list:
+        json_append_string(req, "device.list");
+        break;
+    case Command::device_forget:
+        json_append_string(req, "device.forget");
+        break;
     case Command::sessions:
         json_append_string(req, "sessions");
         break;
@@ -408,9 +443,14 @@ std::string build_request(const Invocation& inv, bool agent) {
         break;
     }
     if (inv.command == Command::user_add || inv.command == Command::user_del ||
-        inv.command == Command::user_token) {
+        inv.command == Command::user_token || inv.command == Command::device_list ||
+        inv.command == Command::device_forget) {
         req += R"(,"name":)";
         json_append_string(req, inv.name);
+    }
+    if (inv.command == Command::device_forget) {
+        req += R"(,"device":)";
+        json_append_string(req, inv.device);
     }
     if (inv.command == Command::user_add) {
         req += R"(,"kind":)";
@@ -565,8 +605,9 @@ std::optional<Failure> exchange(const SocketChoice& choice, const std::string& r
         std::string what = "cannot connect to " + path + ": " + errno_text(err);
         if (err == EACCES || err == EPERM) {
             struct stat st {};
-            std::string group = ::stat(path.c_str(), &st) == 0 ? "group " + group_name(st.st_gid)
-                                                               : "the socket's group";
+            std::string group = ::stat(path.c_str(), &st) == 0
+                                    ? "group " + meshd::core::group_name(st.st_gid)
+                                    : "the socket's group";
             return unavailable(what + " — run meshctl as root or as a member of " + group);
         }
         if (err == EAGAIN || err == EINPROGRESS || err == ETIMEDOUT)
@@ -789,6 +830,28 @@ std::string render_sessions(element r) {
         {false, false, false, true, true, true, true, true, false}, rows);
 }
 
+// Devices with a stored cursor or a live connection, as the daemon sorted them.
+std::string render_device_list(element r, const Invocation& inv) {
+    std::vector<std::vector<std::string>> rows;
+    for (element d : get_array(r, "devices")) {
+        bool live = false;
+        std::string live_text =
+            d["live"].get_bool().get(live) == simdjson::SUCCESS ? (live ? "yes" : "no") : "?";
+        rows.push_back({str_or(d, "device"), int_or(d, "cursor"), int_or(d, "lag"), live_text});
+    }
+    if (rows.empty())
+        return str_or(r, "id", inv.name.c_str()) + " has no devices\n";
+    return render_table({"DEVICE", "CURSOR", "LAG", "LIVE"}, {false, true, true, false}, rows);
+}
+
+std::string render_device_forget(element r, const Invocation& inv) {
+    std::string out = "forgot device " + str_or(r, "device", inv.device.c_str()) + " of " +
+                      str_or(r, "id", inv.name.c_str());
+    if (std::optional<int64_t> closed = get_int(r, "closed_sessions"))
+        out += "; closed " + plural(*closed, "session", "sessions");
+    return out + "\n";
+}
+
 std::vector<std::string> string_array(element r, const char* key) {
     std::vector<std::string> out;
     for (element e : get_array(r, key)) {
@@ -874,10 +937,15 @@ int handle_response(const Options& opt, const Invocation& inv, const SocketChoic
                   get_string(error, "message").value_or(""), kExitFailed, simdjson::minify(error)};
         if (f.message.empty())
             f.message = "meshd reported " + f.code;
-        if (f.code == "bad_config")
+        if (f.code == "bad_config") {
             f.message = "config not reloaded: " + f.message;
-        else if (f.code == "not_found" && !inv.name.empty())
-            f.message += " (see meshctl user list)";
+        } else if (f.code == "not_found" && f.message.find("meshctl ") == std::string::npos) {
+            // Say which command lists the names; the daemon's message may already do so.
+            if (inv.command == Command::device_forget)
+                f.message += " (see meshctl device list " + printable(inv.name) + ")";
+            else if (!inv.name.empty())
+                f.message += " (see meshctl user list)";
+        }
         return report(opt, f);
     }
     element result;
@@ -900,6 +968,10 @@ int handle_response(const Options& opt, const Invocation& inv, const SocketChoic
         return finish(render_user_del(result, inv));
     case Command::user_token:
         return finish(render_user_token(result, inv));
+    case Command::device_list:
+        return finish(render_device_list(result, inv));
+    case Command::device_forget:
+        return finish(render_device_forget(result, inv));
     case Command::sessions:
         return finish(render_sessions(result));
     case Command::reload:

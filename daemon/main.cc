@@ -5,16 +5,6 @@
 // session with 1001, run the loop until they are gone (at most 5 s), then lws's first
 // context destroy; close our own handles; the loop returns; lws's second destroy; and
 // uv_loop_close() must find nothing left.
-#include <cstdio>
-#include <cstring>
-#include <memory>
-#include <string>
-#include <vector>
-#include <sys/resource.h>
-#include <unistd.h>
-
-#include <uv.h>
-
 #include "control/commands.h"
 #include "control/control_server.h"
 #include "core/clock.h"
@@ -26,6 +16,15 @@
 #include "session/broker.h"
 #include "store/store.h"
 #include "transport/ws_server.h"
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <sys/resource.h>
+#include <unistd.h>
+#include <uv.h>
+#include <vector>
 
 namespace {
 
@@ -104,12 +103,11 @@ class Daemon {
             return fail("server.listen_failed", ws.error().message);
         ws_ = std::move(ws.value());
 
-        commands_ = std::make_unique<control::CommandContext>(control::CommandContext{
-            *broker_, *store_, *modules_, [this] { return reload(); }, ws_->listening(),
-            core::wall_ms()});
+        commands_ = std::make_unique<control::CommandContext>(
+            control::CommandContext{*broker_, *store_, *modules_, [this] { return reload(); },
+                                    ws_->listening(), core::wall_ms()});
         auto ctl = control::ControlServer::start(
-            loop_, config_->control_socket,
-            [this](std::string_view line, control::Reply reply) {
+            loop_, config_->control_socket, [this](std::string_view line, control::Reply reply) {
                 control::handle_command(*commands_, line, std::move(reply));
             });
         if (!ctl)

@@ -1,15 +1,16 @@
 // control/commands: the control-socket request handlers.
 #include "control/commands.h"
 
-#include <simdjson.h>
-#include <sodium.h>
-#include <unistd.h>
-
 #include "core/clock.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/names.h"
 #include "meshd_build.h"
+
+#include <map>
+#include <simdjson.h>
+#include <sodium.h>
+#include <unistd.h>
 
 namespace meshd::control {
 
@@ -161,8 +162,8 @@ store::Principal* principal_arg(CommandContext& ctx, std::string_view name, cons
     }
     store::Principal* p = ctx.store.find(*canonical);
     if (!p)
-        reply(fail("not_found", "no user or agent named '" + *canonical +
-                                    "' (meshctl user list shows them)"));
+        reply(fail("not_found",
+                   "no user or agent named '" + *canonical + "' (meshctl user list shows them)"));
     return p;
 }
 
@@ -214,16 +215,18 @@ void cmd_user_del(CommandContext& ctx, std::string_view name, const Reply& reply
         reply(fail(r.error().code, r.error().message));
         return;
     }
-    ctx.broker.after_commit([&ctx, reply, p](const core::Error* error) {
+    // Close now, not after the commit: until then (with sync = full, until the fdatasync)
+    // a live session could still send or ack as the principal being deleted.
+    size_t closed = ctx.broker.close_principal(*p, 4002, "principal deleted");
+    std::string id = p->name;
+    ctx.broker.after_commit([reply, id, closed](const core::Error* error) {
         if (error) {
             reply(fail(error->code, error->message));
             return;
         }
-        size_t closed = ctx.broker.close_principal(*p, 4002, "principal deleted");
-        MESHD_LOG(info, "control.user_deleted", "id=%s closed_sessions=%zu", p->name.c_str(),
-                  closed);
+        MESHD_LOG(info, "control.user_deleted", "id=%s closed_sessions=%zu", id.c_str(), closed);
         std::string r = "{";
-        field(r, "id", p->name, true);
+        field(r, "id", id, true);
         field_int(r, "closed_sessions", static_cast<int64_t>(closed));
         r += '}';
         reply(ok(r));
@@ -239,17 +242,14 @@ void cmd_user_token(CommandContext& ctx, std::string_view name, const Reply& rep
         reply(fail(r.error().code, r.error().message));
         return;
     }
-    int64_t pid = p->pid;
+    // Sessions opened with the old token end now (see user del for why not after commit).
+    size_t closed = ctx.broker.close_principal(*p, 4002, "credentials revoked");
     std::string id = p->name;
-    ctx.broker.after_commit([&ctx, reply, id, pid, token](const core::Error* error) mutable {
+    ctx.broker.after_commit([reply, id, closed, token](const core::Error* error) mutable {
         if (error) {
             reply(fail(error->code, error->message));
             return;
         }
-        store::Principal* p = ctx.store.find(id);
-        size_t closed = 0;
-        if (p && p->pid == pid)
-            closed = ctx.broker.close_principal(*p, 4002, "credentials revoked");
         MESHD_LOG(info, "control.token_rotated", "id=%s closed_sessions=%zu", id.c_str(), closed);
         std::string r = "{";
         field(r, "id", id, true);
@@ -261,14 +261,93 @@ void cmd_user_token(CommandContext& ctx, std::string_view name, const Reply& rep
     });
 }
 
+// Known devices: those with a stored cursor, and connected ones.
+void cmd_device_list(CommandContext& ctx, std::string_view name, const Reply& reply) {
+    store::Principal* p = principal_arg(ctx, name, reply);
+    if (!p)
+        return;
+    std::map<std::string, std::pair<int64_t, bool>> devices; // device -> cursor, live
+    for (const auto& [device, cursor] : p->cursors)
+        devices[device] = {cursor, false};
+    ctx.broker.for_each_session([&](const session::Session& s) {
+        if (s.principal() == p)
+            devices[s.device()].second = true;
+    });
+    std::string r = "{";
+    field(r, "id", p->name, true);
+    r += R"(,"devices":[)";
+    bool first = true;
+    for (const auto& [device, state] : devices) {
+        if (!first)
+            r += ',';
+        first = false;
+        r += '{';
+        field(r, "device", device, true);
+        field_int(r, "cursor", state.first);
+        field_int(r, "head", p->committed_head);
+        field_int(r, "lag", p->committed_head - state.first);
+        r += R"(,"live":)";
+        r += state.second ? "true" : "false";
+        r += '}';
+    }
+    r += "]}";
+    reply(ok(r));
+}
+
+void cmd_device_forget(CommandContext& ctx, std::string_view name, std::string_view device,
+                       const Reply& reply) {
+    store::Principal* p = principal_arg(ctx, name, reply);
+    if (!p)
+        return;
+    std::string dev(device);
+    if (!core::valid_device(dev)) {
+        std::string message = "'";
+        message += dev;
+        message += "' is not a valid device name: use 1-64 of A-Z a-z 0-9 . _ -";
+        reply(fail("bad_name", message));
+        return;
+    }
+    session::Session* live = ctx.broker.find_live(*p, dev);
+    if (!p->cursors.contains(dev) && !live) {
+        reply(fail("not_found", p->name + " has no device named '" + dev +
+                                    "' (meshctl device list " + p->name + " shows them)"));
+        return;
+    }
+    if (auto r = ctx.store.forget_device(*p, dev); !r) {
+        reply(fail(r.error().code, r.error().message));
+        return;
+    }
+    // Close now: an ack from the live session before the commit would store the cursor again.
+    size_t closed = 0;
+    if (live) {
+        live->close(4002, "device forgotten by the admin");
+        closed = 1;
+    }
+    std::string id = p->name;
+    ctx.broker.after_commit([reply, id, dev, closed](const core::Error* error) {
+        if (error) {
+            reply(fail(error->code, error->message));
+            return;
+        }
+        MESHD_LOG(info, "control.device_forgotten", "id=%s device=%s closed_sessions=%zu",
+                  id.c_str(), dev.c_str(), closed);
+        std::string r = "{";
+        field(r, "id", id, true);
+        field(r, "device", dev);
+        field_int(r, "closed_sessions", static_cast<int64_t>(closed));
+        r += '}';
+        reply(ok(r));
+    });
+}
+
 void cmd_reload(CommandContext& ctx, const Reply& reply) {
     auto diff = ctx.reload();
     if (!diff) {
         reply(fail(diff.error().code, diff.error().message));
         return;
     }
-    std::string r = R"({"applied":)" + string_list(diff->applied) +
-                    R"(,"restart_required":)" + string_list(diff->restart_required) + "}";
+    std::string r = R"({"applied":)" + string_list(diff->applied) + R"(,"restart_required":)" +
+                    string_list(diff->restart_required) + "}";
     reply(ok(r));
 }
 
@@ -312,6 +391,10 @@ void handle_command(CommandContext& ctx, std::string_view line, Reply reply) {
         cmd_user_del(ctx, arg("name"), reply);
     else if (cmd == "user.token")
         cmd_user_token(ctx, arg("name"), reply);
+    else if (cmd == "device.list")
+        cmd_device_list(ctx, arg("name"), reply);
+    else if (cmd == "device.forget")
+        cmd_device_forget(ctx, arg("name"), arg("device"), reply);
     else if (cmd == "sessions")
         cmd_sessions(ctx, reply);
     else if (cmd == "reload")

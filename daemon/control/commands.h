@@ -5,16 +5,16 @@
 // close the principal's live sessions (close code 4002) right after the commit.
 #pragma once
 
-#include <functional>
-#include <string>
-#include <string_view>
-#include <vector>
-
 #include "control/control_server.h"
 #include "core/config.h"
 #include "router/modules.h"
 #include "session/broker.h"
 #include "store/store.h"
+
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
 
 namespace meshd::control {
 

@@ -29,6 +29,7 @@
 
 #include "core/json.h"
 #include "core/log.h"
+#include "core/names.h"
 
 #include <cerrno>
 #include <cstring>
@@ -85,18 +86,6 @@ std::string parent_dir(const std::string& path) {
     if (slash == 0)
         return "/";
     return path.substr(0, slash);
-}
-
-std::string group_name(gid_t gid) {
-    std::vector<char> buf(4096);
-    struct group entry {};
-    struct group* found = nullptr;
-    while (getgrgid_r(gid, &entry, buf.data(), buf.size(), &found) == ERANGE &&
-           buf.size() < size_t{1024} * 1024)
-        buf.resize(buf.size() * 2);
-    if (found == nullptr || found->gr_name == nullptr)
-        return "gid " + std::to_string(gid);
-    return found->gr_name;
 }
 
 // The listening handle: closed (and freed in its close callback) when the owner goes away.
@@ -579,7 +568,7 @@ core::Result<void> ControlServerImpl::listen() {
     socket_dev_ = st.st_dev;
     socket_ino_ = st.st_ino;
     socket_gid_ = st.st_gid;
-    socket_group_ = group_name(st.st_gid);
+    socket_group_ = core::group_name(st.st_gid);
 
     auto pipe = std::make_unique<uv_pipe_t>();
     rc = uv_pipe_init(loop_, pipe.get(), 0);

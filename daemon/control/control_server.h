@@ -6,14 +6,13 @@
 // must be root, the daemon's own uid, or in the socket's group.
 #pragma once
 
+#include "core/result.h"
+
 #include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
-
 #include <uv.h>
-
-#include "core/result.h"
 
 namespace meshd::control {
 
@@ -28,9 +27,8 @@ class ControlServer {
   public:
     // Binds `path` (mode 0660). A stale socket file (nobody listening) is replaced; a live one
     // means another meshd runs there, and that is an error.
-    static core::Result<std::unique_ptr<ControlServer>> start(uv_loop_t* loop,
-                                                              const std::string& path,
-                                                              Handler handler);
+    static core::Result<std::unique_ptr<ControlServer>>
+    start(uv_loop_t* loop, const std::string& path, Handler handler);
     virtual ~ControlServer() = default;
     // Stop listening, close every client, unlink the socket file. Idempotent; the destructor
     // calls it. uv handles finish closing on the next loop run.

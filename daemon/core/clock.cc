@@ -1,7 +1,7 @@
 // core/clock: wall-clock time for message timestamps.
-#include <chrono>
-
 #include "core/clock.h"
+
+#include <chrono>
 
 namespace meshd::core {
 

@@ -89,7 +89,7 @@ struct KeyInfo {
     std::string default_text; // as TOML: 1048576, "normal", ["127.0.0.1:7700"]
     std::string range;        // "1024..16777216", "normal | full", "" if any
     bool reloadable = false;
-    std::string help;         // one line
+    std::string help; // one line
 };
 const std::vector<KeyInfo>& config_keys();
 

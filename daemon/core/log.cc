@@ -11,8 +11,12 @@ namespace {
 LogLevel g_level = LogLevel::info;
 }
 
-void log_set_level(LogLevel level) { g_level = level; }
-bool log_enabled(LogLevel level) { return static_cast<int>(level) >= static_cast<int>(g_level); }
+void log_set_level(LogLevel level) {
+    g_level = level;
+}
+bool log_enabled(LogLevel level) {
+    return static_cast<int>(level) >= static_cast<int>(g_level);
+}
 
 void log_event(LogLevel level, std::string_view event, std::string_view fields) {
     if (!log_enabled(level))

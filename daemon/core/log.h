@@ -3,11 +3,11 @@
 // Never log a token or a key. Values with spaces or quotes are quoted by log_value().
 #pragma once
 
+#include "core/config.h"
+
 #include <cstdarg>
 #include <string>
 #include <string_view>
-
-#include "core/config.h"
 
 namespace meshd::core {
 

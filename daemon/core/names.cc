@@ -1,6 +1,10 @@
 // core/names: validation and case folding of principal, device and message-id names.
 #include "core/names.h"
 
+#include <cerrno>
+#include <grp.h>
+#include <vector>
+
 namespace meshd::core {
 
 std::optional<std::string> canonical_principal(std::string_view name) {
@@ -10,8 +14,8 @@ std::optional<std::string> canonical_principal(std::string_view name) {
     for (char& c : out) {
         if (c >= 'A' && c <= 'Z')
             c = static_cast<char>(c - 'A' + 'a');
-        bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-                  c == '-';
+        bool ok =
+            (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
         if (!ok)
             return std::nullopt;
     }
@@ -37,6 +41,18 @@ bool valid_client_id(std::string_view id) {
         if (c < 0x21 || c > 0x7e)
             return false;
     return true;
+}
+
+std::string group_name(gid_t gid) {
+    std::vector<char> buf(4096);
+    struct group entry {};
+    struct group* found = nullptr;
+    while (getgrgid_r(gid, &entry, buf.data(), buf.size(), &found) == ERANGE &&
+           buf.size() < size_t{1024} * 1024)
+        buf.resize(buf.size() * 2);
+    if (found == nullptr || found->gr_name == nullptr)
+        return "gid " + std::to_string(gid);
+    return found->gr_name;
 }
 
 } // namespace meshd::core

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <sys/types.h>
 
 namespace meshd::core {
 
@@ -16,5 +17,7 @@ std::optional<std::string> canonical_principal(std::string_view name);
 bool valid_device(std::string_view device);
 // A client message id: 1..64 printable ASCII (0x21..0x7e).
 bool valid_client_id(std::string_view id);
+// The name of a Unix group, or "gid N" when it has none.
+std::string group_name(gid_t gid);
 
 } // namespace meshd::core

@@ -8,7 +8,6 @@
 #include <functional>
 #include <memory>
 #include <utility>
-
 #include <uv.h>
 
 namespace meshd::core {
@@ -74,7 +73,8 @@ class UvTimer : public UvHandle<uv_timer_t> {
         return t;
     }
     void start(uint64_t timeout_ms, uint64_t repeat_ms) {
-        uv_timer_start(get(), [](uv_timer_t* h) { fire(h); }, timeout_ms, repeat_ms);
+        uv_timer_start(
+            get(), [](uv_timer_t* h) { fire(h); }, timeout_ms, repeat_ms);
     }
     void stop() {
         if (block_)
@@ -100,7 +100,8 @@ class UvSignal : public UvHandle<uv_signal_t> {
         UvSignal s;
         s.block_ = s.make_block(std::move(cb));
         uv_signal_init(loop, &s.block_->handle);
-        uv_signal_start(&s.block_->handle, [](uv_signal_t* h, int) { fire(h); }, signum);
+        uv_signal_start(
+            &s.block_->handle, [](uv_signal_t* h, int) { fire(h); }, signum);
         return s;
     }
 };
@@ -119,6 +120,8 @@ class UvAsync : public UvHandle<uv_async_t> {
 };
 
 // Monotonic milliseconds from the loop's cached clock.
-inline uint64_t loop_ms(uv_loop_t* loop) { return uv_now(loop); }
+inline uint64_t loop_ms(uv_loop_t* loop) {
+    return uv_now(loop);
+}
 
 } // namespace meshd::core

@@ -2,13 +2,13 @@
 // make back into meshd (exported from the meshd executable with --export-dynamic).
 #include "router/modules.h"
 
-#include <cstring>
-#include <dlfcn.h>
-
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/names.h"
 #include "meshd_build.h"
+
+#include <cstring>
+#include <dlfcn.h>
 
 // The opaque handle a module gets; one per loaded module.
 struct meshd_host {
@@ -53,7 +53,9 @@ core::Error load_error(const std::string& file, const std::string& message) {
     return core::make_error("internal", text);
 }
 
-std::string cstr(const char* s) { return s ? std::string(s) : std::string(); }
+std::string cstr(const char* s) {
+    return s ? std::string(s) : std::string();
+}
 
 } // namespace
 
@@ -73,8 +75,8 @@ core::Result<std::unique_ptr<ModuleSet>> ModuleSet::load(const core::Config& con
         if (!m->handle)
             return load_error(m->file, cstr(dlerror()) +
                                            " (check modules.dir and modules.load in the config)");
-        auto abi_fn = reinterpret_cast<int (*)(const int*, int)>(
-            dlsym(m->handle.get(), "meshd_module_abi"));
+        auto abi_fn =
+            reinterpret_cast<int (*)(const int*, int)>(dlsym(m->handle.get(), "meshd_module_abi"));
         auto get_fn = reinterpret_cast<const meshd_module* (*)(int)>(
             dlsym(m->handle.get(), "meshd_module_get"));
         if (!abi_fn || !get_fn)
@@ -94,8 +96,8 @@ core::Result<std::unique_ptr<ModuleSet>> ModuleSet::load(const core::Config& con
             return load_error(m->file, "meshd_module_get(" + std::to_string(abi) +
                                            ") returned no descriptor for that ABI");
         if (!m->desc->name || name != m->desc->name)
-            return load_error(m->file, "it calls itself '" + cstr(m->desc->name) +
-                                           "', not '" + name + "'");
+            return load_error(m->file,
+                              "it calls itself '" + cstr(m->desc->name) + "', not '" + name + "'");
         if (m->desc->init && m->desc->init(&m->host, &m->state) != 0)
             return load_error(m->file, "its init failed (see the lines it logged above)");
         m->initialised = true;
@@ -162,7 +164,7 @@ AuthOutcome ModuleSet::auth(std::string_view token, std::string_view claimed_id,
         return outcome;
     }
     outcome.message = has_auth() ? "no credentials a loaded auth module accepts"
-                                  : "no auth module is loaded; nobody can log in";
+                                 : "no auth module is loaded; nobody can log in";
     return outcome;
 }
 
@@ -371,8 +373,8 @@ MESHD_EXPORT int meshd_host_principal_exists(meshd_host* host, const char* name,
     return 1;
 }
 
-MESHD_EXPORT int meshd_host_token_verify(meshd_host* host, const char* token, size_t len,
-                                         char* out, size_t out_size) {
+MESHD_EXPORT int meshd_host_token_verify(meshd_host* host, const char* token, size_t len, char* out,
+                                         size_t out_size) {
     if (!host || !token || !out || out_size == 0)
         return -1;
     auto* p = host->module->store->verify_token(std::string_view(token, len));
@@ -397,7 +399,9 @@ MESHD_EXPORT int meshd_host_route_add(meshd_route_out* out, const char* principa
     return 0;
 }
 
-MESHD_EXPORT int64_t meshd_host_now_ms(meshd_host*) { return meshd::core::wall_ms(); }
+MESHD_EXPORT int64_t meshd_host_now_ms(meshd_host*) {
+    return meshd::core::wall_ms();
+}
 
 MESHD_EXPORT int meshd_host_run_job(meshd_host* host, meshd_job_cb work, meshd_job_cb done,
                                     void* arg) {

@@ -5,17 +5,16 @@
 // check the first verdict other than PASS decides. Every hook runs on the loop thread.
 #pragma once
 
-#include <memory>
-#include <string>
-#include <string_view>
-#include <vector>
-
-#include <uv.h>
-
 #include "core/config.h"
 #include "core/result.h"
 #include "meshd/module.h"
 #include "store/store.h"
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <uv.h>
+#include <vector>
 
 namespace meshd::router {
 
@@ -23,7 +22,7 @@ struct LoadedModule;
 
 struct AuthOutcome {
     store::Principal* principal = nullptr; // set when a module allowed
-    std::string message;                    // why not, when denied
+    std::string message;                   // why not, when denied
 };
 
 struct RouteOutcome {
@@ -57,14 +56,14 @@ class ModuleSet {
     bool has_auth() const;
     std::vector<ModuleInfo> info() const;
 
-    AuthOutcome auth(std::string_view token, std::string_view claimed_id,
-                     std::string_view device, std::string_view remote_addr);
+    AuthOutcome auth(std::string_view token, std::string_view claimed_id, std::string_view device,
+                     std::string_view remote_addr);
     // Expands `to` into recipients (cleared first). `canonical_to` receives the address as it
     // will be stored: a principal's name for a direct message.
     RouteOutcome route(const store::Principal& sender, std::string_view to,
                        std::vector<store::Principal*>& recipients, std::string& canonical_to);
-    CheckOutcome check(const store::Principal& sender, std::string_view to,
-                       std::string_view body, size_t recipients);
+    CheckOutcome check(const store::Principal& sender, std::string_view to, std::string_view body,
+                       size_t recipients);
     bool wants_stored() const { return has_stored_; }
     void stored(const store::Principal& recipient, std::string_view sender, int64_t seq,
                 bool has_live_device);

@@ -1,10 +1,10 @@
 // session/broker: session registry, end-of-turn group commit, the shared timeout sweep.
 #include "session/broker.h"
 
-#include <algorithm>
-
 #include "core/clock.h"
 #include "core/log.h"
+
+#include <algorithm>
 
 namespace meshd::session {
 
@@ -43,7 +43,9 @@ Broker::Broker(uv_loop_t* loop, store::Store& store, router::ModuleSet& modules,
     ticker_.start(every, every);
 }
 
-Broker::~Broker() { store_.set_on_durable(nullptr); }
+Broker::~Broker() {
+    store_.set_on_durable(nullptr);
+}
 
 void Broker::stop() {
     turn_end_.close();
@@ -60,8 +62,7 @@ void Broker::apply_limits(const BrokerLimits& limits) {
     }
 }
 
-std::unique_ptr<Session> Broker::open_session(Link& link, std::string remote,
-                                              std::string bearer) {
+std::unique_ptr<Session> Broker::open_session(Link& link, std::string remote, std::string bearer) {
     auto s = std::make_unique<Session>(*this, link, next_conn_id_++, std::move(remote),
                                        std::move(bearer));
     sessions_[s->conn_id()] = s.get();
@@ -76,7 +77,9 @@ void Broker::forget(Session& s) {
         std::erase(pending_, &s);
 }
 
-void Broker::register_live(Session& s) { live_[s.principal()->pid].push_back(&s); }
+void Broker::register_live(Session& s) {
+    live_[s.principal()->pid].push_back(&s);
+}
 
 void Broker::unregister_live(Session& s) {
     auto it = live_.find(s.principal()->pid);
@@ -209,8 +212,7 @@ void Broker::flush() {
     release_durable();
 }
 
-size_t Broker::close_principal(const store::Principal& p, uint16_t code,
-                               std::string_view reason) {
+size_t Broker::close_principal(const store::Principal& p, uint16_t code, std::string_view reason) {
     auto it = live_.find(p.pid);
     if (it == live_.end())
         return 0;

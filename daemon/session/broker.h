@@ -7,22 +7,21 @@
 // `unavailable` error and acks nothing.
 #pragma once
 
-#include <cstdint>
-#include <deque>
-#include <functional>
-#include <memory>
-#include <string>
-#include <unordered_map>
-#include <vector>
-
-#include <uv.h>
-
 #include "core/config.h"
 #include "core/uv_handle.h"
 #include "router/modules.h"
 #include "session/frame.h"
 #include "session/session.h"
 #include "store/store.h"
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <uv.h>
+#include <vector>
 
 namespace meshd::session {
 

@@ -5,7 +5,9 @@ namespace meshd::session {
 
 namespace {
 
-bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+bool is_ws(char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
 
 // Index just past the string token starting at json[i] == '"'.
 size_t skip_string(std::string_view json, size_t i, bool& escaped) {

@@ -6,10 +6,9 @@
 #pragma once
 
 #include <cstdint>
+#include <simdjson.h>
 #include <string>
 #include <string_view>
-
-#include <simdjson.h>
 
 namespace meshd::session {
 

@@ -1,15 +1,15 @@
 // session/session: frame handling and the pull-based output of one connection.
 #include "session/session.h"
 
-#include <algorithm>
-#include <sodium.h>
-
 #include "core/clock.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/names.h"
 #include "session/broker.h"
 #include "session/frame.h"
+
+#include <algorithm>
+#include <sodium.h>
 
 namespace meshd::session {
 
@@ -131,8 +131,8 @@ void Session::on_text(std::string& frame) {
     else if (f.type == FrameType::ack)
         handle_ack(f);
     else
-        send_error("unknown_type", "unknown frame type '" + std::string(f.type_name) + "'",
-                   f.ref, f.has_ref);
+        send_error("unknown_type", "unknown frame type '" + std::string(f.type_name) + "'", f.ref,
+                   f.has_ref);
 }
 
 void Session::bad_input(std::string_view code, std::string_view message, std::string_view ref,
@@ -144,19 +144,20 @@ void Session::bad_input(std::string_view code, std::string_view message, std::st
 
 void Session::on_binary() {
     if (state_ == State::fresh || state_ == State::ready)
-        bad_input("bad_frame", "binary frames are not accepted; send JSON text frames", {},
-                  false);
+        bad_input("bad_frame", "binary frames are not accepted; send JSON text frames", {}, false);
 }
 
 void Session::on_too_large(size_t bytes) {
     if (state_ == State::fresh || state_ == State::ready)
         bad_input("too_large",
-                   "frame of " + std::to_string(bytes) + " bytes is over limits.max_frame (" +
-                       std::to_string(broker_.limits().max_frame) + ")",
-                   {}, false);
+                  "frame of " + std::to_string(bytes) + " bytes is over limits.max_frame (" +
+                      std::to_string(broker_.limits().max_frame) + ")",
+                  {}, false);
 }
 
-void Session::on_pong() { pings_unanswered_ = 0; }
+void Session::on_pong() {
+    pings_unanswered_ = 0;
+}
 
 void Session::handle_hello(const Frame& f) {
     if (state_ == State::ready) {
@@ -269,8 +270,7 @@ void Session::handle_hello(const Frame& f) {
 
 void Session::handle_send(const Frame& f) {
     if (f.has_id && !core::valid_client_id(f.id)) {
-        send_error("bad_frame", "\"id\" must be 1-64 printable ASCII characters", f.ref,
-                   f.has_ref);
+        send_error("bad_frame", "\"id\" must be 1-64 printable ASCII characters", f.ref, f.has_ref);
         return;
     }
     if (acks_.size() >= broker_.limits().max_inflight) {
@@ -476,8 +476,7 @@ OutFrame Session::next_frame() {
 
     store::Principal& p = *principal_;
     // Acks of earlier (already delivered or deduplicated) seqs go out as soon as committed.
-    if (!acks_.empty() && acks_.front().seq < next_seq_ &&
-        acks_.front().seq <= p.committed_head) {
+    if (!acks_.empty() && acks_.front().seq < next_seq_ && acks_.front().seq <= p.committed_head) {
         append_ack(buf, acks_.front());
         acks_.pop_front();
         return finish(OutFrame::Kind::text);

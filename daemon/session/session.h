@@ -1,10 +1,9 @@
 // session/session: one client connection's state machine and its cursor-driven output.
 //
-//   new ──hello ok──▶ ready ──close()──▶ closing ──close frame written──▶ close_sent
-//    │                                     ▲                              (lws closes on the
-//    └──bad credentials / hello timeout────┘                               peer's echo, or
-//                                                                          kill after 3 s)
-// Transitions: on_text() -> handle_hello() (new->ready); close() (any->closing);
+//   fresh ──hello ok──▶ ready ──close()──▶ closing ──close frame written──▶ close_sent
+//     │                                      ▲                    (lws closes on the peer's
+//     └──bad credentials / hello timeout─────┘                     echo, or kill after 3 s)
+// Transitions: on_text() -> handle_hello() (fresh->ready); close() (any->closing);
 // next_frame() (closing->close_sent). on_closed() ends the object's life.
 //
 // Output is pulled, not pushed: the transport asks next_frame() on each writable callback.
@@ -14,13 +13,13 @@
 // order; the ack for this device's own send takes the place of the msg at that seq.
 #pragma once
 
+#include "store/store.h"
+
 #include <cstdint>
 #include <deque>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include "store/store.h"
 
 namespace meshd::session {
 
@@ -50,8 +49,7 @@ class Session {
   public:
     enum class State { fresh, ready, closing, close_sent, gone };
 
-    Session(Broker& broker, Link& link, uint64_t conn_id, std::string remote,
-            std::string bearer);
+    Session(Broker& broker, Link& link, uint64_t conn_id, std::string remote, std::string bearer);
     ~Session();
     Session(const Session&) = delete;
     Session& operator=(const Session&) = delete;
@@ -71,9 +69,9 @@ class Session {
     void close(uint16_t code, std::string_view reason, bool flush = false);
 
     // ---- broker-facing ----
-    void wake();                     // new committed entries or acks may be ready
+    void wake();                                 // new committed entries or acks may be ready
     void fail_pending(const core::Error& error); // the batch failed: un-ack its sends
-    void tick(uint64_t now_ms);      // timeouts and pings
+    void tick(uint64_t now_ms);                  // timeouts and pings
     bool kill_due(uint64_t now_ms) const;
     void kill_link() { link_.kill(); } // may destroy this session before returning
 
@@ -105,7 +103,7 @@ class Session {
                    bool has_ref);
     const store::LogEntry* entry_at(int64_t seq);
     void append_synced(std::string& buf);
-    void detach();         // leaves the principal's live set
+    void detach(); // leaves the principal's live set
 
     Broker& broker_;
     Link& link_;

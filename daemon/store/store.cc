@@ -1,6 +1,9 @@
 // store/store: SQLite schema, migrations, group commit, the checkpoint helper thread.
 #include "store/store.h"
 
+#include "core/clock.h"
+#include "core/log.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <condition_variable>
@@ -14,12 +17,11 @@
 #include <thread>
 #include <unistd.h>
 
-#include "core/clock.h"
-#include "core/log.h"
-
 namespace meshd::store {
 
-std::string_view to_string(Kind k) { return k == Kind::agent ? "agent" : "user"; }
+std::string_view to_string(Kind k) {
+    return k == Kind::agent ? "agent" : "user";
+}
 
 namespace {
 
@@ -83,6 +85,7 @@ enum Stmt {
     s_delete_principal,
     s_delete_log_of,
     s_delete_cursors_of,
+    s_delete_cursor,
     s_delete_tokens_of,
     s_insert_token,
     s_find_token,
@@ -107,6 +110,7 @@ const char* const stmt_sql[s_count] = {
     "UPDATE principals SET deleted_ms = ?2 WHERE pid = ?1",
     "DELETE FROM log WHERE pid = ?1",
     "DELETE FROM cursors WHERE pid = ?1",
+    "DELETE FROM cursors WHERE pid = ?1 AND device = ?2",
     "DELETE FROM tokens WHERE pid = ?1",
     "INSERT INTO tokens(hash, pid, created_ms) VALUES(?1, ?2, ?3)",
     "SELECT pid FROM tokens WHERE hash = ?1",
@@ -137,7 +141,9 @@ std::string_view column_text(sqlite3_stmt* s, int i) {
              : std::string_view();
 }
 
-std::string sqlite_message(sqlite3* db) { return db ? sqlite3_errmsg(db) : "out of memory"; }
+std::string sqlite_message(sqlite3* db) {
+    return db ? sqlite3_errmsg(db) : "out of memory";
+}
 
 // Creates `path` with 32 random bytes (mode 0600) if missing, then reads it.
 core::Result<void> load_secret(const std::string& path, unsigned char out[32]) {
@@ -147,8 +153,7 @@ core::Result<void> load_secret(const std::string& path, unsigned char out[32]) {
         randombytes_buf(fresh, sizeof fresh);
         fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (fd < 0)
-            return core::make_error("internal",
-                                    path + ": cannot create: " + std::strerror(errno));
+            return core::make_error("internal", path + ": cannot create: " + std::strerror(errno));
         bool ok = ::write(fd, fresh, sizeof fresh) == sizeof fresh && ::fsync(fd) == 0;
         ::close(fd);
         sodium_memzero(fresh, sizeof fresh);
@@ -219,8 +224,8 @@ class Checkpointer {
                 break;
             lock.unlock();
             int wal_frames = 0, backfilled = 0;
-            int rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE,
-                                               &wal_frames, &backfilled);
+            int rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal_frames,
+                                               &backfilled);
             if (rc != SQLITE_OK && rc != SQLITE_BUSY)
                 MESHD_LOG(warn, "store.checkpoint_failed", "message=%s",
                           core::log_value(sqlite3_errmsg(db)).c_str());
@@ -353,14 +358,13 @@ core::Result<std::unique_ptr<Store>> Store::open(const StoreOptions& options) {
     std::unique_ptr<Store> store(new Store(options));
     const std::string& dir = options.data_dir;
     if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST)
-        return core::make_error("internal", dir + ": cannot create data_dir: " +
-                                                std::strerror(errno) +
-                                                " (create it, owned by the meshd user)");
+        return core::make_error("internal",
+                                dir + ": cannot create data_dir: " + std::strerror(errno) +
+                                    " (create it, owned by the meshd user)");
     std::string lock_path = dir + "/meshd.lock";
     store->lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (store->lock_fd_ < 0)
-        return core::make_error("internal", lock_path + ": cannot open: " +
-                                                std::strerror(errno) +
+        return core::make_error("internal", lock_path + ": cannot open: " + std::strerror(errno) +
                                                 " (is data_dir writable by meshd?)");
     if (::flock(store->lock_fd_, LOCK_EX | LOCK_NB) != 0)
         return core::make_error("internal", dir + ": another meshd is using this data_dir");
@@ -389,8 +393,8 @@ core::Result<std::unique_ptr<Store>> Store::open(const StoreOptions& options) {
         std::string wal = store->db_path_ + "-wal";
         int fd = ::open(wal.c_str(), O_RDWR | O_CLOEXEC);
         if (fd < 0)
-            return core::make_error("internal", wal + ": cannot open for storage.sync = full: " +
-                                                    std::strerror(errno));
+            return core::make_error(
+                "internal", wal + ": cannot open for storage.sync = full: " + std::strerror(errno));
         store->syncer_ =
             std::make_unique<WalSyncer>(wal, fd, [raw] { raw->durable_notice_.send(); });
     }
@@ -398,9 +402,9 @@ core::Result<std::unique_ptr<Store>> Store::open(const StoreOptions& options) {
 }
 
 core::Result<void> Store::open_db() {
-    int rc = sqlite3_open_v2(db_path_.c_str(), &db_,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             nullptr);
+    int rc =
+        sqlite3_open_v2(db_path_.c_str(), &db_,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
     if (rc != SQLITE_OK)
         return core::make_error("internal",
                                 db_path_ + ": cannot open database: " + sqlite_message(db_));
@@ -464,8 +468,8 @@ core::Result<void> Store::migrate() {
             std::string msg = err ? err : "unknown error";
             sqlite3_free(err);
             sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-            return core::make_error("internal", db_path_ + ": migration " +
-                                                    std::to_string(v + 1) + " failed: " + msg);
+            return core::make_error("internal", db_path_ + ": migration " + std::to_string(v + 1) +
+                                                    " failed: " + msg);
         }
         MESHD_LOG(info, "store.migrated", "file=%s version=%d", db_path_.c_str(), v + 1);
     }
@@ -477,8 +481,8 @@ core::Result<void> Store::prepare_all() {
     for (int i = 0; i < s_count; ++i) {
         if (sqlite3_prepare_v3(db_, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &stmts_[i],
                                nullptr) != SQLITE_OK)
-            return core::make_error("internal", db_path_ + ": cannot prepare statement: " +
-                                                    sqlite_message(db_));
+            return core::make_error(
+                "internal", db_path_ + ": cannot prepare statement: " + sqlite_message(db_));
     }
     return {};
 }
@@ -578,14 +582,14 @@ void Store::touch(Principal* p) {
 }
 
 void Store::token_hash(std::string_view token, unsigned char out[32]) const {
-    crypto_generichash(out, 32, reinterpret_cast<const unsigned char*>(token.data()),
-                       token.size(), secret_, sizeof secret_);
+    crypto_generichash(out, 32, reinterpret_cast<const unsigned char*>(token.data()), token.size(),
+                       secret_, sizeof secret_);
 }
 
 core::Result<Principal*> Store::add_principal(std::string_view name, Kind kind, int64_t now_ms) {
     if (find(name))
-        return core::make_error("exists", "a principal named '" + std::string(name) +
-                                              "' already exists");
+        return core::make_error("exists",
+                                "a principal named '" + std::string(name) + "' already exists");
     if (auto r = begin_if_needed(); !r)
         return r.error();
     sqlite3_stmt* s = stmt(s_insert_principal);
@@ -727,9 +731,9 @@ core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,
         if (rc == SQLITE_ROW) {
             int64_t mid = sqlite3_column_int64(s, 0);
             int64_t first_ts = sqlite3_column_int64(s, 1);
-            bool same = sqlite3_column_bytes(s, 2) == sizeof fingerprint &&
-                        std::memcmp(sqlite3_column_blob(s, 2), fingerprint,
-                                    sizeof fingerprint) == 0;
+            bool same =
+                sqlite3_column_bytes(s, 2) == sizeof fingerprint &&
+                std::memcmp(sqlite3_column_blob(s, 2), fingerprint, sizeof fingerprint) == 0;
             int64_t seq = sqlite3_column_int64(s, 3);
             if (first_ts >= ts - options_.dedupe_window_s * 1000) {
                 if (!same)
@@ -858,6 +862,31 @@ void Store::set_cursor(Principal& p, std::string_view device, int64_t seq) {
     dirty_cursors_.emplace_back(&p, std::string(device));
 }
 
+core::Result<void> Store::forget_device(Principal& p, std::string_view device) {
+    if (auto r = begin_if_needed(); !r)
+        return r;
+    sqlite3_stmt* s = stmt(s_delete_cursor);
+    StmtGuard g(s);
+    sqlite3_bind_int64(s, 1, p.pid);
+    bind_text(s, 2, device);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        return fail_batch("forget device");
+    std::string name(device);
+    std::erase_if(dirty_cursors_, [&](const auto& d) { return d.first == &p && d.second == name; });
+    auto it = p.cursors.find(name);
+    if (it == p.cursors.end())
+        return {};
+    int64_t old = it->second;
+    p.cursors.erase(it);
+    int64_t pid = p.pid;
+    undo_.push_back([this, pid, name, old] {
+        auto pit = by_pid_.find(pid);
+        if (pit != by_pid_.end())
+            pit->second->cursors[name] = old;
+    });
+    return {};
+}
+
 void Store::rollback_batch() {
     if (in_txn_) {
         sqlite3_stmt* s = stmt(s_rollback);
@@ -908,8 +937,7 @@ core::Result<void> Store::commit(std::vector<Principal*>& touched_out) {
         result = core::make_error("unavailable", batch_error_);
         rollback_batch();
         if (!degraded_)
-            MESHD_LOG(error, "store.degraded", "message=%s",
-                      core::log_value(batch_error_).c_str());
+            MESHD_LOG(error, "store.degraded", "message=%s", core::log_value(batch_error_).c_str());
         degraded_ = true;
         degraded_message_ = batch_error_;
         // Cursors stay in memory and are retried with the next batch.

@@ -16,6 +16,10 @@
 //   store then reports "degraded" until a later commit succeeds.
 #pragma once
 
+#include "core/config.h"
+#include "core/result.h"
+#include "core/uv_handle.h"
+
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -25,10 +29,6 @@
 #include <string_view>
 #include <unordered_map>
 #include <vector>
-
-#include "core/config.h"
-#include "core/result.h"
-#include "core/uv_handle.h"
 
 struct sqlite3;
 struct sqlite3_stmt;
@@ -124,9 +124,8 @@ class Store {
     // With a client_id already used by this sender within the dedupe window: same to and
     // body -> {seq of the first, dup=true}; otherwise error "conflict".
     core::Result<AppendResult> append(Principal* sender, std::string_view to,
-                                      std::span<Principal* const> recipients,
-                                      std::string_view body, std::string_view client_id,
-                                      int64_t ts);
+                                      std::span<Principal* const> recipients, std::string_view body,
+                                      std::string_view client_id, int64_t ts);
     // Reads committed entries of p's log with seq >= from_seq, in order, at most max_rows
     // rows and (after the first row) about max_bytes of body. The statement is reset before
     // returning, so no read transaction stays open.
@@ -136,6 +135,8 @@ class Store {
     int64_t cursor(const Principal& p, std::string_view device) const;
     // Monotonic: a lower value than stored is ignored. Written with the next batch.
     void set_cursor(Principal& p, std::string_view device, int64_t seq);
+    // Deletes the device's cursor (meshctl device forget). Joins the batch.
+    core::Result<void> forget_device(Principal& p, std::string_view device);
 
     // ---- batches ----------------------------------------------------------------------
     bool batch_open() const { return in_txn_ || batch_failed_ || !dirty_cursors_.empty(); }
@@ -197,8 +198,8 @@ class Store {
     };
     std::vector<HeadUndo> head_undo_;
     std::vector<Principal*> touched_;
-    std::vector<std::function<void()>> undo_;    // admin changes to undo on failure
-    std::vector<std::function<void()>> on_ok_;   // admin changes to finish on success
+    std::vector<std::function<void()>> undo_;  // admin changes to undo on failure
+    std::vector<std::function<void()>> on_ok_; // admin changes to finish on success
     std::vector<std::pair<Principal*, std::string>> dirty_cursors_;
 
     // Degraded state, for meshctl status.

@@ -2,15 +2,17 @@
 // frame Debian's lws 4.1 needs (see shared/notes/lws-4.1-on-uv.md §2).
 #include "transport/ws_server.h"
 
+#include "core/log.h"
+
 #include <cstring>
 #include <libwebsockets.h>
 #include <simdjson.h>
 
-#include "core/log.h"
-
 namespace meshd::transport {
 
-size_t write_headroom() { return LWS_PRE; }
+size_t write_headroom() {
+    return LWS_PRE;
+}
 
 namespace {
 
@@ -231,16 +233,15 @@ int callback(lws* wsi, lws_callback_reasons reason, void* user, void* in, size_t
             return 0;
         case LWS_CALLBACK_ESTABLISHED: {
             auto conn = std::make_unique<Connection>(*server, wsi);
-            conn->attach(server->broker().open_session(*conn, peer_address(wsi),
-                                                       bearer_token(wsi)));
+            conn->attach(
+                server->broker().open_session(*conn, peer_address(wsi), bearer_token(wsi)));
             pss->conn = conn.release(); // owned by lws's per-session slot until CLOSED
             return 0;
         }
         case LWS_CALLBACK_RECEIVE:
             if (pss && pss->conn)
-                pss->conn->on_receive(static_cast<const char*>(in), len,
-                                      lws_is_first_fragment(wsi), lws_is_final_fragment(wsi),
-                                      lws_frame_is_binary(wsi));
+                pss->conn->on_receive(static_cast<const char*>(in), len, lws_is_first_fragment(wsi),
+                                      lws_is_final_fragment(wsi), lws_frame_is_binary(wsi));
             return 0;
         case LWS_CALLBACK_RECEIVE_PONG:
             if (pss && pss->conn)
@@ -282,14 +283,12 @@ void lws_log_line(int level, const char* line) {
     while (!l.empty() && (l.back() == '\n' || l.back() == ' '))
         l.remove_suffix(1);
     std::string fields = "message=" + core::log_value(l);
-    core::log_event(level == LLL_ERR ? core::LogLevel::error : core::LogLevel::warn, "lws",
-                    fields);
+    core::log_event(level == LLL_ERR ? core::LogLevel::error : core::LogLevel::warn, "lws", fields);
 }
 
 } // namespace
 
-core::Result<std::unique_ptr<WsServer>> WsServer::start(uv_loop_t* loop,
-                                                        const core::Config& config,
+core::Result<std::unique_ptr<WsServer>> WsServer::start(uv_loop_t* loop, const core::Config& config,
                                                         session::Broker& broker) {
     lws_set_log_level(LLL_ERR, lws_log_line);
     std::unique_ptr<WsServer> server(new WsServer(broker));
@@ -331,8 +330,8 @@ core::Result<std::unique_ptr<WsServer>> WsServer::start(uv_loop_t* loop,
                                                     "available on this host");
         }
         int port = lws_get_vhost_listen_port(v);
-        std::string host = addr.host.find(':') == std::string::npos ? addr.host
-                                                                     : "[" + addr.host + "]";
+        std::string host =
+            addr.host.find(':') == std::string::npos ? addr.host : "[" + addr.host + "]";
         server->listening_.push_back(host + ":" + std::to_string(port));
     }
     return server;

@@ -5,15 +5,14 @@
 // from the session on each writable callback and leaves in one socket write per callback.
 #pragma once
 
-#include <memory>
-#include <string>
-#include <vector>
-
-#include <uv.h>
-
 #include "core/config.h"
 #include "core/result.h"
 #include "session/broker.h"
+
+#include <memory>
+#include <string>
+#include <uv.h>
+#include <vector>
 
 struct lws_context;
 
@@ -24,9 +23,8 @@ size_t write_headroom();
 
 class WsServer {
   public:
-    static core::Result<std::unique_ptr<WsServer>> start(uv_loop_t* loop,
-                                                         const core::Config& config,
-                                                         session::Broker& broker);
+    static core::Result<std::unique_ptr<WsServer>>
+    start(uv_loop_t* loop, const core::Config& config, session::Broker& broker);
     ~WsServer(); // the final lws_context_destroy (after the loop ran past destroy_begin)
     WsServer(const WsServer&) = delete;
     WsServer& operator=(const WsServer&) = delete;

@@ -4,9 +4,9 @@
 // module asks meshd to verify it against the stored keyed hashes (meshd_host_token_verify);
 // the secret itself is never compared or logged. A hello without a token is not this
 // module's business (PASS), so a challenge-based module can answer it.
-#include <cstring>
-
 #include "meshd/module.h"
+
+#include <cstring>
 
 namespace {
 
@@ -18,7 +18,9 @@ int init(meshd_host* host, void** state) {
     return 0;
 }
 
-void fini(void*) { g_host = nullptr; }
+void fini(void*) {
+    g_host = nullptr;
+}
 
 meshd_verdict auth(void*, const meshd_auth_request* req, meshd_auth_result* out) {
     if (!req->token || req->token_len == 0)

@@ -2,9 +2,9 @@
 //
 // Handles every `to` that is a principal name (case-folded); leaves addresses with a prefix
 // ("#group", "skill:...") to other modules. An unknown name is `unknown_peer`.
-#include <string>
-
 #include "meshd/module.h"
+
+#include <string>
 
 namespace {
 
@@ -17,7 +17,9 @@ int init(meshd_host* host, void** state) {
     return 0;
 }
 
-void fini(void*) { g_host = nullptr; }
+void fini(void*) {
+    g_host = nullptr;
+}
 
 meshd_verdict route(void*, const meshd_route_request* req, meshd_route_out* recipients,
                     meshd_route_result* out) {

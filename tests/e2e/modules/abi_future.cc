@@ -7,7 +7,9 @@ constexpr int future_abi = MESHD_MODULE_ABI + 1000;
 meshd_module descriptor = {};
 } // namespace
 
-extern "C" MESHD_EXPORT int meshd_module_abi(const int*, int) { return future_abi; }
+extern "C" MESHD_EXPORT int meshd_module_abi(const int*, int) {
+    return future_abi;
+}
 
 extern "C" MESHD_EXPORT const meshd_module* meshd_module_get(int abi) {
     descriptor.abi = future_abi;
