@@ -6,6 +6,7 @@
 // Exit status: 0 success, 1 the command failed (daemon error, cannot connect, timeout,
 // unreadable config), 2 usage error. Errors are one line on stderr, `meshctl: <message>`;
 // with --json the error is also printed on stdout as {"error":{"code":..,"message":..}}.
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cinttypes>
@@ -26,6 +27,7 @@
 #include <sys/un.h>
 #include <toml++/toml.h>
 #include <unistd.h>
+#include <utility>
 #include <vector>
 
 #if __has_include("meshd_build.h")
@@ -65,6 +67,12 @@ Commands:
   device forget NAME DEVICE
                            close DEVICE of NAME, delete its cursor and free its slot
                            (limits.max_devices); it next starts from the whole log
+  group add GROUP MEMBER...
+                           create GROUP ("team" or "#team") or add members to it
+  group list               list groups and their members
+  group del GROUP          delete GROUP
+  group remove GROUP MEMBER...
+                           remove members from GROUP; an emptied group stays until del
   sessions                 list connected devices with their lag (head - cursor)
   reload                   re-read the config file, apply what can change live
   help                     show this help
@@ -321,6 +329,10 @@ enum class Command {
     user_token,
     device_list,
     device_forget,
+    group_add,
+    group_list,
+    group_del,
+    group_remove,
     sessions,
     reload,
     help
@@ -328,9 +340,16 @@ enum class Command {
 
 struct Invocation {
     Command command = Command::help;
-    std::string name;   // NAME for the user and device commands
-    std::string device; // DEVICE for device forget
+    std::string name;                 // NAME for the user and device commands
+    std::string device;               // DEVICE for device forget
+    std::string group;                // GROUP of the group commands, without its '#'
+    std::vector<std::string> members; // MEMBER... of group add and group remove
 };
+
+// "#team" and "team" name the same group; the daemon checks (and case-folds) the rest.
+std::string group_word(const std::string& word) {
+    return !word.empty() && word[0] == '#' ? word.substr(1) : word;
+}
 
 std::optional<Failure> parse_command(const Options& opt, Invocation& inv) {
     const std::vector<std::string>& w = opt.words;
@@ -399,10 +418,36 @@ std::optional<Failure> parse_command(const Options& opt, Invocation& inv) {
             return usage_error("unknown subcommand \"device " + printable(sub) +
                                "\"; use device list or device forget");
         }
+    } else if (first == "group") {
+        if (w.size() < 2)
+            return usage_error("group needs a subcommand: add, list, del or remove");
+        const std::string& sub = w[1];
+        if (sub == "list") {
+            inv.command = Command::group_list;
+            err = no_more(2, "group list");
+        } else if (sub == "del") {
+            inv.command = Command::group_del;
+            if (w.size() < 3)
+                return usage_error("group del needs a GROUP: meshctl group del GROUP");
+            inv.group = group_word(w[2]);
+            err = no_more(3, "group del GROUP");
+        } else if (sub == "add" || sub == "remove") {
+            inv.command = sub == "add" ? Command::group_add : Command::group_remove;
+            if (w.size() < 4)
+                return usage_error(
+                    "group " + sub + " needs " +
+                    (w.size() < 3 ? "a GROUP and at least one MEMBER" : "at least one MEMBER") +
+                    ": meshctl group " + sub + " GROUP MEMBER...");
+            inv.group = group_word(w[2]);
+            inv.members.assign(w.begin() + 3, w.end());
+        } else {
+            return usage_error("unknown subcommand \"group " + printable(sub) +
+                               "\"; use group add, group list, group del or group remove");
+        }
     } else {
         return usage_error("unknown command \"" + printable(first) +
                            "\"; commands: status, user add|list|del|token, device list|forget, "
-                           "sessions, reload");
+                           "group add|list|del|remove, sessions, reload");
     }
     if (!err && opt.agent && inv.command != Command::user_add)
         err = usage_error("--agent only applies to user add");
@@ -433,6 +478,18 @@ std::string build_request(const Invocation& inv, bool agent) {
     case Command::device_forget:
         json_append_string(req, "device.forget");
         break;
+    case Command::group_add:
+        json_append_string(req, "group.add");
+        break;
+    case Command::group_list:
+        json_append_string(req, "group.list");
+        break;
+    case Command::group_del:
+        json_append_string(req, "group.del");
+        break;
+    case Command::group_remove:
+        json_append_string(req, "group.remove");
+        break;
     case Command::sessions:
         json_append_string(req, "sessions");
         break;
@@ -455,6 +512,20 @@ std::string build_request(const Invocation& inv, bool agent) {
     if (inv.command == Command::user_add) {
         req += R"(,"kind":)";
         json_append_string(req, agent ? "agent" : "user");
+    }
+    if (inv.command == Command::group_add || inv.command == Command::group_del ||
+        inv.command == Command::group_remove) {
+        req += R"(,"group":)";
+        json_append_string(req, inv.group);
+    }
+    if (inv.command == Command::group_add || inv.command == Command::group_remove) {
+        req += R"(,"members":[)";
+        for (size_t i = 0; i < inv.members.size(); ++i) {
+            if (i > 0)
+                req += ',';
+            json_append_string(req, inv.members[i]);
+        }
+        req += ']';
     }
     req += "}\n";
     return req;
@@ -862,6 +933,49 @@ std::vector<std::string> string_array(element r, const char* key) {
     return out;
 }
 
+// "#team"; the daemon's name, else the one given.
+std::string group_label(element r, const Invocation& inv) {
+    return "#" + str_or(r, "group", inv.group.c_str());
+}
+
+std::string member_list(const std::vector<std::string>& members) {
+    return members.empty() ? "no members" : join(members, ", ");
+}
+
+// group add and group remove: the members now, then what changed ("added"/"removed").
+std::string render_group_change(element r, const Invocation& inv, const char* key) {
+    std::vector<std::string> changed = string_array(r, key);
+    std::string out =
+        "group " + group_label(r, inv) + ": " + member_list(string_array(r, "members")) + " (";
+    if (!changed.empty())
+        out += std::string(key) + " " + join(changed, ", ");
+    else if (inv.command == Command::group_add)
+        out += "all were members already";
+    else
+        out += "none of them were members";
+    return out + ")\n";
+}
+
+// One line per group, names padded to a column, in the daemon's (name) order.
+std::string render_group_list(element r) {
+    std::vector<std::pair<std::string, std::string>> lines;
+    size_t width = 0;
+    for (element g : get_array(r, "groups")) {
+        lines.emplace_back("#" + str_or(g, "group"), member_list(string_array(g, "members")));
+        width = std::max(width, lines.back().first.size());
+    }
+    if (lines.empty())
+        return "no groups\n";
+    std::string out;
+    for (const auto& [group, members] : lines)
+        out += group + std::string(width - group.size() + 2, ' ') + members + '\n';
+    return out;
+}
+
+std::string render_group_del(element r, const Invocation& inv) {
+    return "deleted group " + group_label(r, inv) + '\n';
+}
+
 std::string render_reload(element r) {
     std::vector<std::string> applied = string_array(r, "applied");
     std::vector<std::string> restart = string_array(r, "restart_required");
@@ -943,7 +1057,9 @@ int handle_response(const Options& opt, const Invocation& inv, const SocketChoic
             // Say which command lists the names; the daemon's message may already do so.
             if (inv.command == Command::device_forget)
                 f.message += " (see meshctl device list " + printable(inv.name) + ")";
-            else if (!inv.name.empty())
+            else if (inv.command == Command::group_del || inv.command == Command::group_remove)
+                f.message += " (see meshctl group list)";
+            else if (!inv.name.empty() || inv.command == Command::group_add)
                 f.message += " (see meshctl user list)";
         }
         return report(opt, f);
@@ -972,6 +1088,14 @@ int handle_response(const Options& opt, const Invocation& inv, const SocketChoic
         return finish(render_device_list(result, inv));
     case Command::device_forget:
         return finish(render_device_forget(result, inv));
+    case Command::group_add:
+        return finish(render_group_change(result, inv, "added"));
+    case Command::group_list:
+        return finish(render_group_list(result));
+    case Command::group_del:
+        return finish(render_group_del(result, inv));
+    case Command::group_remove:
+        return finish(render_group_change(result, inv, "removed"));
     case Command::sessions:
         return finish(render_sessions(result));
     case Command::reload:

@@ -8,6 +8,7 @@
 #include "meshd_build.h"
 
 #include <map>
+#include <optional>
 #include <simdjson.h>
 #include <sodium.h>
 #include <unistd.h>
@@ -85,6 +86,7 @@ void cmd_status(CommandContext& ctx, const Reply& reply) {
     field(r, "path", ctx.store.db_path(), true);
     field_int(r, "bytes", st.db_bytes);
     field(r, "state", st.degraded ? "degraded" : "ok");
+    field_int(r, "commits", static_cast<int64_t>(ctx.store.last_batch()));
     field(r, "message", st.message);
     r += "}}";
     reply(ok(r));
@@ -340,6 +342,113 @@ void cmd_device_forget(CommandContext& ctx, std::string_view name, std::string_v
     });
 }
 
+// ---- groups ------------------------------------------------------------------------------
+
+std::string group_json(const store::Group& g, std::string_view extra_key,
+                       const std::vector<store::Principal*>& extra) {
+    std::vector<std::string> members;
+    for (const auto* p : g.members)
+        members.push_back(p->name);
+    std::sort(members.begin(), members.end());
+    std::string r = "{";
+    field(r, "group", g.name, true);
+    r += R"(,"members":)" + string_list(members);
+    if (!extra_key.empty()) {
+        std::vector<std::string> names;
+        for (const auto* p : extra)
+            names.push_back(p->name);
+        std::sort(names.begin(), names.end());
+        r += ',';
+        core::json_append_string(r, extra_key);
+        r += ':' + string_list(names);
+    }
+    r += '}';
+    return r;
+}
+
+// The canonical group name ("Team" gives "team"), or a bad_name reply. Requests carry the
+// bare name; meshctl takes the '#' off what the admin typed.
+std::optional<std::string> group_arg(std::string_view name, const Reply& reply) {
+    auto canonical = core::canonical_principal(name);
+    if (!canonical) {
+        std::string message = "'";
+        message += name;
+        message += "' is not a valid group name: use 1-64 of a-z 0-9 . _ -";
+        reply(fail("bad_name", message));
+    }
+    return canonical;
+}
+
+// Resolves member names; replies with the first error (nothing changes then).
+std::optional<std::vector<store::Principal*>>
+members_arg(CommandContext& ctx, const std::vector<std::string_view>& names, const Reply& reply) {
+    std::vector<store::Principal*> members;
+    for (std::string_view name : names) {
+        store::Principal* p = principal_arg(ctx, name, reply);
+        if (!p)
+            return std::nullopt;
+        members.push_back(p);
+    }
+    return members;
+}
+
+void cmd_group_change(CommandContext& ctx, bool add, std::string_view group,
+                      const std::vector<std::string_view>& names, const Reply& reply) {
+    auto name = group_arg(group, reply);
+    if (!name)
+        return;
+    if (names.empty()) {
+        reply(fail("bad_request", "name at least one member"));
+        return;
+    }
+    auto members = members_arg(ctx, names, reply);
+    if (!members)
+        return;
+    auto changed = add ? ctx.store.group_add(*name, *members, core::wall_ms())
+                       : ctx.store.group_remove(*name, *members);
+    if (!changed) {
+        reply(fail(changed.error().code, changed.error().message));
+        return;
+    }
+    // Names, not pointers: the answer is built after the commit.
+    std::string result =
+        group_json(*ctx.store.find_group(*name), add ? "added" : "removed", changed.value());
+    ctx.broker.after_commit([reply, result](const core::Error* error) {
+        reply(error ? fail(error->code, error->message) : ok(result));
+    });
+}
+
+void cmd_group_list(CommandContext& ctx, const Reply& reply) {
+    std::vector<const store::Group*> all;
+    ctx.store.for_each_group([&](const store::Group& g) { all.push_back(&g); });
+    std::sort(all.begin(), all.end(),
+              [](const auto* a, const auto* b) { return a->name < b->name; });
+    std::string r = R"({"groups":[)";
+    for (size_t i = 0; i < all.size(); ++i) {
+        if (i)
+            r += ',';
+        r += group_json(*all[i], {}, {});
+    }
+    r += "]}";
+    reply(ok(r));
+}
+
+void cmd_group_del(CommandContext& ctx, std::string_view group, const Reply& reply) {
+    auto name = group_arg(group, reply);
+    if (!name)
+        return;
+    if (auto r = ctx.store.group_delete(*name); !r) {
+        reply(fail(r.error().code, r.error().message));
+        return;
+    }
+    std::string result = "{";
+    field(result, "group", *name, true);
+    result += '}';
+    ctx.broker.after_commit([reply, result](const core::Error* error) {
+        reply(error ? fail(error->code, error->message) : ok(result));
+    });
+}
+
 void cmd_reload(CommandContext& ctx, const Reply& reply) {
     auto diff = ctx.reload();
     if (!diff) {
@@ -375,6 +484,18 @@ void handle_command(CommandContext& ctx, std::string_view line, Reply reply) {
         reply(fail("bad_request", "the request has no string \"cmd\""));
         return;
     }
+    auto string_array = [&](const char* key) {
+        std::vector<std::string_view> out;
+        simdjson::dom::array items;
+        if (req[key].get_array().get(items))
+            return out;
+        for (auto item : items) {
+            std::string_view v;
+            if (!item.get_string().get(v))
+                out.push_back(v);
+        }
+        return out;
+    };
     auto arg = [&](const char* key) {
         std::string_view v;
         if (req[key].get_string().get(v))
@@ -395,6 +516,12 @@ void handle_command(CommandContext& ctx, std::string_view line, Reply reply) {
         cmd_device_list(ctx, arg("name"), reply);
     else if (cmd == "device.forget")
         cmd_device_forget(ctx, arg("name"), arg("device"), reply);
+    else if (cmd == "group.add" || cmd == "group.remove")
+        cmd_group_change(ctx, cmd == "group.add", arg("group"), string_array("members"), reply);
+    else if (cmd == "group.list")
+        cmd_group_list(ctx, reply);
+    else if (cmd == "group.del")
+        cmd_group_del(ctx, arg("group"), reply);
     else if (cmd == "sessions")
         cmd_sessions(ctx, reply);
     else if (cmd == "reload")

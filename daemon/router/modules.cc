@@ -399,6 +399,32 @@ MESHD_EXPORT int meshd_host_route_add(meshd_route_out* out, const char* principa
     return 0;
 }
 
+MESHD_EXPORT int meshd_host_route_add_group(meshd_route_out* out, const char* group, size_t len) {
+    if (!out || !group)
+        return -1;
+    const auto* g = out->store->find_group(std::string_view(group, len));
+    if (!g)
+        return -1;
+    // Members are unique; the store skips the sender when it is one of them.
+    out->recipients->insert(out->recipients->end(), g->members.begin(), g->members.end());
+    *out->canonical_to = "#" + g->name;
+    return static_cast<int>(g->members.size());
+}
+
+MESHD_EXPORT int meshd_host_group_has_member(meshd_host* host, const char* group, size_t group_len,
+                                             const char* principal, size_t principal_len) {
+    if (!host || !group || !principal)
+        return -1;
+    const auto* g = host->module->store->find_group(std::string_view(group, group_len));
+    if (!g)
+        return -1;
+    std::string_view name(principal, principal_len);
+    for (const auto* p : g->members)
+        if (p->name == name)
+            return 1;
+    return 0;
+}
+
 MESHD_EXPORT int64_t meshd_host_now_ms(meshd_host*) {
     return meshd::core::wall_ms();
 }

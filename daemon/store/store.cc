@@ -25,7 +25,7 @@ std::string_view to_string(Kind k) {
 
 namespace {
 
-constexpr int schema_version = 1;
+constexpr int known_schema_version = 2;
 
 // Numbered migrations; migration N brings user_version from N-1 to N. Each runs inside the
 // transaction that also sets user_version, so a crash leaves the old or the new schema.
@@ -68,8 +68,20 @@ CREATE TABLE cursors(
     updated_ms INTEGER NOT NULL,
     PRIMARY KEY(pid, device)) WITHOUT ROWID;
 )sql",
+    // 2: groups. A group is stored once; a message to it is one entry per member's log.
+    R"sql(
+CREATE TABLE groups(
+    gid INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL);
+CREATE TABLE group_members(
+    gid INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    PRIMARY KEY(gid, pid)) WITHOUT ROWID;
+CREATE INDEX group_members_pid ON group_members(pid);
+)sql",
 };
-static_assert(sizeof migrations / sizeof migrations[0] == schema_version);
+static_assert(sizeof migrations / sizeof migrations[0] == known_schema_version);
 
 enum Stmt {
     s_begin,
@@ -89,6 +101,12 @@ enum Stmt {
     s_delete_tokens_of,
     s_insert_token,
     s_find_token,
+    s_insert_group,
+    s_delete_group,
+    s_insert_member,
+    s_delete_member,
+    s_delete_members_of_group,
+    s_delete_memberships_of,
     s_count
 };
 
@@ -114,6 +132,12 @@ const char* const stmt_sql[s_count] = {
     "DELETE FROM tokens WHERE pid = ?1",
     "INSERT INTO tokens(hash, pid, created_ms) VALUES(?1, ?2, ?3)",
     "SELECT pid FROM tokens WHERE hash = ?1",
+    "INSERT INTO groups(name, created_ms) VALUES(?1, ?2)",
+    "DELETE FROM groups WHERE gid = ?1",
+    "INSERT OR IGNORE INTO group_members(gid, pid) VALUES(?1, ?2)",
+    "DELETE FROM group_members WHERE gid = ?1 AND pid = ?2",
+    "DELETE FROM group_members WHERE gid = ?1",
+    "DELETE FROM group_members WHERE pid = ?1",
 };
 
 // Resets and clears a statement when the scope ends, so it never pins a read transaction.
@@ -335,6 +359,10 @@ class WalSyncer {
     std::thread thread_;
 };
 
+int Store::schema_version() {
+    return known_schema_version;
+}
+
 Store::Store(StoreOptions options) : options_(std::move(options)) {}
 
 Store::~Store() {
@@ -445,12 +473,13 @@ core::Result<void> Store::migrate() {
         return core::make_error("internal", db_path_ + ": not a meshd database or corrupt (" +
                                                 sqlite_message(db_) +
                                                 "); restore it from a backup or move it away");
-    if (version > schema_version)
-        return core::make_error(
-            "internal", db_path_ + ": database schema version " + std::to_string(version) +
-                            " is newer than this meshd knows (" + std::to_string(schema_version) +
-                            "); run the meshd that wrote it, or a newer one");
-    for (int v = version; v < schema_version; ++v) {
+    if (version > known_schema_version)
+        return core::make_error("internal", db_path_ + ": database schema version " +
+                                                std::to_string(version) +
+                                                " is newer than this meshd knows (" +
+                                                std::to_string(known_schema_version) +
+                                                "); run the meshd that wrote it, or a newer one");
+    for (int v = version; v < known_schema_version; ++v) {
         std::string sql = "BEGIN IMMEDIATE;";
         sql += migrations[v];
         if (v == 0) {
@@ -533,10 +562,32 @@ core::Result<void> Store::load() {
                        });
         !r)
         return r;
-    return query("SELECT pid, device, seq FROM cursors", [&](sqlite3_stmt* s) {
-        auto it = by_pid_.find(sqlite3_column_int64(s, 0));
-        if (it != by_pid_.end())
-            it->second->cursors[std::string(column_text(s, 1))] = sqlite3_column_int64(s, 2);
+    if (auto r = query("SELECT pid, device, seq FROM cursors",
+                       [&](sqlite3_stmt* s) {
+                           auto it = by_pid_.find(sqlite3_column_int64(s, 0));
+                           if (it != by_pid_.end())
+                               it->second->cursors[std::string(column_text(s, 1))] =
+                                   sqlite3_column_int64(s, 2);
+                       });
+        !r)
+        return r;
+    std::unordered_map<int64_t, Group*> by_gid;
+    if (auto r = query("SELECT gid, name FROM groups",
+                       [&](sqlite3_stmt* s) {
+                           Group g;
+                           g.gid = sqlite3_column_int64(s, 0);
+                           g.name = std::string(column_text(s, 1));
+                           std::string name = g.name;
+                           by_gid[g.gid] = &(groups_[name] = std::move(g));
+                       });
+        !r)
+        return r;
+    // Members in pid order; the map above stays valid (no insertion into groups_ below).
+    return query("SELECT gid, pid FROM group_members ORDER BY gid, pid", [&](sqlite3_stmt* s) {
+        auto g = by_gid.find(sqlite3_column_int64(s, 0));
+        auto p = by_pid_.find(sqlite3_column_int64(s, 1));
+        if (g != by_gid.end() && p != by_pid_.end())
+            g->second->members.push_back(p->second.get());
     });
 }
 
@@ -632,7 +683,8 @@ core::Result<void> Store::delete_principal(Principal* p) {
         if (sqlite3_step(s) != SQLITE_DONE)
             return fail_batch("delete principal");
     }
-    for (int which : {s_delete_log_of, s_delete_cursors_of, s_delete_tokens_of}) {
+    for (int which :
+         {s_delete_log_of, s_delete_cursors_of, s_delete_tokens_of, s_delete_memberships_of}) {
         sqlite3_stmt* s = stmt(which);
         StmtGuard g(s);
         sqlite3_bind_int64(s, 1, p->pid);
@@ -645,6 +697,17 @@ core::Result<void> Store::delete_principal(Principal* p) {
         if (d.first == p)
             cursors.push_back(std::move(d));
     std::erase_if(dirty_cursors_, [p](const auto& d) { return d.first == p; });
+    // Out of every group, in memory too (restored if the batch fails).
+    std::vector<std::string> left;
+    for (auto& [name, g] : groups_)
+        if (std::erase(g.members, p) > 0)
+            left.push_back(name);
+    if (!left.empty())
+        undo_.push_back([this, p, left] {
+            for (const auto& name : left)
+                if (auto it = groups_.find(name); it != groups_.end())
+                    insert_member(it->second, p);
+        });
     // The name is free for a new principal at once; the object lives until the batch ends
     // so that callers holding it in this turn stay safe.
     by_name_.erase(p->name);
@@ -884,6 +947,124 @@ core::Result<void> Store::forget_device(Principal& p, std::string_view device) {
         if (pit != by_pid_.end())
             pit->second->cursors[name] = old;
     });
+    return {};
+}
+
+// ---- groups ---------------------------------------------------------------------------
+
+void Store::insert_member(Group& g, Principal* p) {
+    auto pos =
+        std::lower_bound(g.members.begin(), g.members.end(), p,
+                         [](const Principal* a, const Principal* b) { return a->pid < b->pid; });
+    if (pos == g.members.end() || *pos != p)
+        g.members.insert(pos, p);
+}
+
+const Group* Store::find_group(std::string_view name) const {
+    auto it = groups_.find(std::string(name));
+    return it == groups_.end() ? nullptr : &it->second;
+}
+
+void Store::for_each_group(const std::function<void(const Group&)>& fn) const {
+    for (const auto& [name, g] : groups_)
+        fn(g);
+}
+
+core::Result<std::vector<Principal*>>
+Store::group_add(std::string_view name, std::span<Principal* const> members, int64_t now_ms) {
+    if (auto r = begin_if_needed(); !r)
+        return r.error();
+    std::string key(name);
+    auto it = groups_.find(key);
+    if (it == groups_.end()) {
+        sqlite3_stmt* s = stmt(s_insert_group);
+        StmtGuard g(s);
+        bind_text(s, 1, name);
+        sqlite3_bind_int64(s, 2, now_ms);
+        if (sqlite3_step(s) != SQLITE_DONE)
+            return fail_batch("add group");
+        Group fresh;
+        fresh.gid = sqlite3_last_insert_rowid(db_);
+        fresh.name = key;
+        it = groups_.emplace(key, std::move(fresh)).first;
+        undo_.push_back([this, key] { groups_.erase(key); });
+    }
+    Group& group = it->second;
+    std::vector<Principal*> added;
+    for (Principal* p : members) {
+        if (std::find(group.members.begin(), group.members.end(), p) != group.members.end() ||
+            std::find(added.begin(), added.end(), p) != added.end())
+            continue;
+        sqlite3_stmt* s = stmt(s_insert_member);
+        StmtGuard g(s);
+        sqlite3_bind_int64(s, 1, group.gid);
+        sqlite3_bind_int64(s, 2, p->pid);
+        if (sqlite3_step(s) != SQLITE_DONE)
+            return fail_batch("add group member");
+        added.push_back(p);
+    }
+    for (Principal* p : added)
+        insert_member(group, p);
+    if (!added.empty())
+        undo_.push_back([this, key, added] {
+            auto git = groups_.find(key);
+            if (git != groups_.end())
+                for (Principal* p : added)
+                    std::erase(git->second.members, p);
+        });
+    return added;
+}
+
+core::Result<std::vector<Principal*>> Store::group_remove(std::string_view name,
+                                                          std::span<Principal* const> members) {
+    std::string key(name);
+    auto it = groups_.find(key);
+    if (it == groups_.end())
+        return core::make_error("not_found", "no group named #" + key);
+    if (auto r = begin_if_needed(); !r)
+        return r.error();
+    Group& group = it->second;
+    std::vector<Principal*> removed;
+    for (Principal* p : members) {
+        if (std::find(group.members.begin(), group.members.end(), p) == group.members.end())
+            continue;
+        sqlite3_stmt* s = stmt(s_delete_member);
+        StmtGuard g(s);
+        sqlite3_bind_int64(s, 1, group.gid);
+        sqlite3_bind_int64(s, 2, p->pid);
+        if (sqlite3_step(s) != SQLITE_DONE)
+            return fail_batch("remove group member");
+        std::erase(group.members, p);
+        removed.push_back(p);
+    }
+    if (!removed.empty())
+        undo_.push_back([this, key, removed] {
+            auto git = groups_.find(key);
+            if (git != groups_.end())
+                for (Principal* p : removed)
+                    insert_member(git->second, p);
+        });
+    return removed;
+}
+
+core::Result<void> Store::group_delete(std::string_view name) {
+    std::string key(name);
+    auto it = groups_.find(key);
+    if (it == groups_.end())
+        return core::make_error("not_found", "no group named #" + key);
+    if (auto r = begin_if_needed(); !r)
+        return r;
+    for (int which : {s_delete_members_of_group, s_delete_group}) {
+        sqlite3_stmt* s = stmt(which);
+        StmtGuard g(s);
+        sqlite3_bind_int64(s, 1, it->second.gid);
+        if (sqlite3_step(s) != SQLITE_DONE)
+            return fail_batch("delete group");
+    }
+    Group old = std::move(it->second);
+    groups_.erase(it);
+    undo_.push_back(
+        [this, key, old = std::move(old)]() mutable { groups_.emplace(key, std::move(old)); });
     return {};
 }
 

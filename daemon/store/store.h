@@ -66,6 +66,13 @@ struct Principal {
     std::unordered_map<std::string, int64_t> cursors;
 };
 
+// A named set of principals. A send to "#name" goes to every member (route_groups).
+struct Group {
+    int64_t gid = 0; // internal id, never reused
+    std::string name;
+    std::vector<Principal*> members; // in pid order
+};
+
 struct StoreOptions {
     uv_loop_t* loop = nullptr; // needed for sync = full (durability notices)
     std::string data_dir;
@@ -98,6 +105,8 @@ class Store {
     Store(const Store&) = delete;
     Store& operator=(const Store&) = delete;
 
+    // The newest schema (migration number) this build knows.
+    static int schema_version();
     const std::string& epoch() const { return epoch_; }
     const std::string& db_path() const { return db_path_; }
     void set_dedupe_window_s(int64_t s) { options_.dedupe_window_s = s; }
@@ -117,6 +126,19 @@ class Store {
     // The principal a token belongs to, or null. Constant-time hash comparison is implied by
     // the lookup being by keyed hash (the secret never meets a comparison).
     Principal* verify_token(std::string_view token);
+
+    // ---- groups -----------------------------------------------------------------------
+    const Group* find_group(std::string_view name) const;
+    void for_each_group(const std::function<void(const Group&)>& fn) const;
+    size_t group_count() const { return groups_.size(); }
+    // Creates the group if needed and adds the members it does not have yet; returns those.
+    // Joins the batch.
+    core::Result<std::vector<Principal*>>
+    group_add(std::string_view name, std::span<Principal* const> members, int64_t now_ms);
+    // Removes the given members; returns those that were in it. Error not_found: no group.
+    core::Result<std::vector<Principal*>> group_remove(std::string_view name,
+                                                       std::span<Principal* const> members);
+    core::Result<void> group_delete(std::string_view name);
 
     // ---- messages ---------------------------------------------------------------------
     // Appends one message to the log of the sender and of every recipient (once each: the
@@ -187,6 +209,8 @@ class Store {
     std::unordered_map<std::string_view, Principal*> by_name_; // live principals
     std::unordered_map<int64_t, std::string> dead_names_;      // deleted pid -> name
     std::vector<std::unique_ptr<Principal>> retired_;
+    std::unordered_map<std::string, Group> groups_;
+    void insert_member(Group& g, Principal* p);
 
     // Open batch state.
     bool in_txn_ = false;

@@ -218,6 +218,14 @@ int meshd_host_token_verify(meshd_host *host, const char *token, size_t len, cha
 /* Add a recipient while routing. Returns 0, or -1 if no such principal. */
 int meshd_host_route_add(meshd_route_out *out, const char *principal, size_t len);
 
+/* Add every member of group `group` (a name without '#') as a recipient, and make the stored
+ * address "#group". Returns the number of members, or -1 if there is no such group. */
+int meshd_host_route_add_group(meshd_route_out *out, const char *group, size_t len);
+
+/* Is `principal` a member of `group`? 1 yes, 0 no, -1 no such group. */
+int meshd_host_group_has_member(meshd_host *host, const char *group, size_t group_len,
+                                const char *principal, size_t principal_len);
+
 /* Milliseconds since the Unix epoch, from the loop's clock. */
 int64_t meshd_host_now_ms(meshd_host *host);
 

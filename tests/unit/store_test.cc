@@ -300,8 +300,11 @@ TEST_F(StoreTest, SchemaNewerThanKnownFails) {
     }
     core::Error e = open_error();
     EXPECT_EQ(e.code, "internal");
-    EXPECT_EQ(e.message, db_file() + ": database schema version 99 is newer than this meshd "
-                                     "knows (1); run the meshd that wrote it, or a newer one");
+    EXPECT_EQ(e.message, db_file() +
+                             ": database schema version 99 is newer than this meshd "
+                             "knows (" +
+                             std::to_string(Store::schema_version()) +
+                             "); run the meshd that wrote it, or a newer one");
     EXPECT_NE(e.message.find("newer"), std::string::npos);
 }
 
@@ -311,12 +314,15 @@ TEST_F(StoreTest, SchemaNewerThanKnownOnExistingStoreFails) {
     store_.reset();
     {
         RawDb raw(db_file());
-        ASSERT_EQ(raw.exec("PRAGMA user_version=2"), "");
+        ASSERT_EQ(raw.exec("PRAGMA user_version=" + std::to_string(Store::schema_version() + 1)),
+                  "");
     }
     core::Error e = open_error();
     EXPECT_EQ(e.code, "internal");
-    EXPECT_EQ(e.message, db_file() + ": database schema version 2 is newer than this meshd "
-                                     "knows (1); run the meshd that wrote it, or a newer one");
+    int next = Store::schema_version() + 1;
+    EXPECT_EQ(e.message, db_file() + ": database schema version " + std::to_string(next) +
+                             " is newer than this meshd knows (" + std::to_string(next - 1) +
+                             "); run the meshd that wrote it, or a newer one");
 }
 
 TEST_F(StoreTest, FileThatIsNotADatabaseFails) {
@@ -1240,6 +1246,140 @@ TEST_F(FailingLogTest, FailedDeleteKeepsPendingCursor) {
     commit_ok();
     reopen();
     EXPECT_EQ(store_->cursor(*p("bob"), "laptop"), 1);
+}
+
+// ---- groups -------------------------------------------------------------------------------
+
+namespace groups {
+
+std::vector<std::string> members_of(const Store& store, const std::string& group) {
+    const Group* g = store.find_group(group);
+    return g ? names_of(g->members) : std::vector<std::string>{"<no group>"};
+}
+
+} // namespace groups
+
+TEST_F(StoreTest, GroupsAddRemoveDeleteAndSurviveReopen) {
+    open();
+    add_all({"alice", "bob", "carol"});
+    Principal* ab[] = {p("alice"), p("bob"), p("alice")};
+    auto added = store_->group_add("team", ab, kNow);
+    ASSERT_TRUE(added.ok()) << added.error().message;
+    EXPECT_EQ(names_of(added.value()), (std::vector<std::string>{"alice", "bob"}));
+    commit_ok();
+    Principal* bc[] = {p("bob"), p("carol")};
+    added = store_->group_add("team", bc, kNow);
+    ASSERT_TRUE(added.ok());
+    EXPECT_EQ(names_of(added.value()), (std::vector<std::string>{"carol"}));
+    commit_ok();
+    reopen();
+    EXPECT_EQ(groups::members_of(*store_, "team"),
+              (std::vector<std::string>{"alice", "bob", "carol"}));
+    Principal* b[] = {p("bob")};
+    auto removed = store_->group_remove("team", b);
+    ASSERT_TRUE(removed.ok());
+    EXPECT_EQ(names_of(removed.value()), (std::vector<std::string>{"bob"}));
+    removed = store_->group_remove("team", b); // not a member any more
+    ASSERT_TRUE(removed.ok());
+    EXPECT_TRUE(removed.value().empty());
+    commit_ok();
+    reopen();
+    EXPECT_EQ(groups::members_of(*store_, "team"), (std::vector<std::string>{"alice", "carol"}));
+    ASSERT_TRUE(store_->group_delete("team").ok());
+    commit_ok();
+    reopen();
+    EXPECT_EQ(store_->find_group("team"), nullptr);
+    auto missing = store_->group_delete("team");
+    ASSERT_FALSE(missing.ok());
+    EXPECT_EQ(missing.error().code, "not_found");
+    EXPECT_EQ(store_->group_remove("team", b).error().code, "not_found");
+}
+
+TEST_F(StoreTest, DeletedPrincipalLeavesEveryGroup) {
+    open();
+    add_all({"alice", "bob"});
+    Principal* ab[] = {p("alice"), p("bob")};
+    ASSERT_TRUE(store_->group_add("one", ab, kNow).ok());
+    ASSERT_TRUE(store_->group_add("two", ab, kNow).ok());
+    commit_ok();
+    ASSERT_TRUE(store_->delete_principal(p("bob")).ok());
+    commit_ok();
+    EXPECT_EQ(groups::members_of(*store_, "one"), (std::vector<std::string>{"alice"}));
+    reopen();
+    EXPECT_EQ(groups::members_of(*store_, "two"), (std::vector<std::string>{"alice"}));
+    add_all({"bob"}); // the name again: a new principal, in no group
+    EXPECT_EQ(groups::members_of(*store_, "one"), (std::vector<std::string>{"alice"}));
+}
+
+TEST_F(StoreTest, GroupMessageIsOneEntryPerMemberInOneBatch) {
+    open();
+    add_all({"alice", "bob", "carol"});
+    Principal* all[] = {p("alice"), p("bob"), p("carol")};
+    ASSERT_TRUE(store_->group_add("team", all, kNow).ok());
+    commit_ok();
+    uint64_t batches = store_->last_batch();
+    auto r = store_->append(p("alice"), "#team", all, "\"hi\"", "", kNow);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r.value().sender_seq, 1);
+    commit_ok();
+    EXPECT_EQ(store_->last_batch(), batches + 1);
+    for (const char* name : {"alice", "bob", "carol"}) {
+        auto entries = page(*p(name));
+        ASSERT_EQ(entries.size(), 1u) << name;
+        EXPECT_EQ(entries[0].msg->to, "#team");
+        EXPECT_EQ(entries[0].msg->from, "alice");
+    }
+}
+
+TEST_F(FailingLogTest, FailedBatchRestoresGroups) {
+    open();
+    add_all({"alice", "bob", "carol"});
+    Principal* ab[] = {p("alice"), p("bob")};
+    ASSERT_TRUE(store_->group_add("team", ab, kNow).ok());
+    commit_ok();
+    arm(*p("carol"));
+    Principal* c[] = {p("carol")};
+    Principal* a[] = {p("alice")};
+    ASSERT_TRUE(store_->group_add("team", c, kNow).ok());
+    ASSERT_TRUE(store_->group_add("other", a, kNow).ok());
+    ASSERT_TRUE(store_->group_remove("team", a).ok());
+    (void)send_error(p("alice"), p("carol"), "\"x\""); // fails the batch
+    EXPECT_EQ(commit_error().code, "unavailable");
+    EXPECT_EQ(groups::members_of(*store_, "team"), (std::vector<std::string>{"alice", "bob"}));
+    EXPECT_EQ(store_->find_group("other"), nullptr);
+    disarm();
+    reopen();
+    EXPECT_EQ(groups::members_of(*store_, "team"), (std::vector<std::string>{"alice", "bob"}));
+    EXPECT_EQ(store_->find_group("other"), nullptr);
+}
+
+} // namespace
+} // namespace meshd::store
+
+namespace meshd::store {
+namespace {
+
+TEST_F(StoreTest, SchemaOneIsMigratedKeepingItsData) {
+    open();
+    add_all({"alice", "bob"});
+    send(p("alice"), p("bob"), "\"before\"");
+    commit_ok();
+    store_.reset();
+    {
+        // What a store written by schema 1 (meshd before groups) looks like.
+        RawDb raw(db_file());
+        ASSERT_EQ(raw.exec("DROP TABLE group_members; DROP TABLE groups; PRAGMA user_version=1"),
+                  "");
+    }
+    open();
+    EXPECT_EQ(p("bob")->committed_head, 1);
+    EXPECT_EQ(page(*p("bob")).size(), 1u);
+    Principal* ab[] = {p("alice"), p("bob")};
+    ASSERT_TRUE(store_->group_add("team", ab, kNow).ok());
+    commit_ok();
+    RawDb raw(db_file());
+    EXPECT_EQ(raw.scalar("PRAGMA user_version"), Store::schema_version());
+    EXPECT_EQ(raw.scalar("SELECT COUNT(*) FROM group_members"), 2);
 }
 
 } // namespace
