@@ -31,6 +31,7 @@
 #include <vector>
 
 #if __has_include("meshd_build.h")
+#include "core/json.h"
 #include "core/names.h"
 #include "meshd_build.h"
 #endif
@@ -95,39 +96,7 @@ std::string errno_text(int err) {
     return std::strerror(err); // NOLINT(concurrency-mt-unsafe): strerror_r's GNU/XSI split
 }
 
-void json_append_string(std::string& out, std::string_view s) {
-    static constexpr char kHex[] = "0123456789abcdef";
-    out += '"';
-    for (char ch : s) {
-        auto c = static_cast<unsigned char>(ch);
-        switch (c) {
-        case '"':
-            out += "\\\"";
-            break;
-        case '\\':
-            out += "\\\\";
-            break;
-        case '\n':
-            out += "\\n";
-            break;
-        case '\r':
-            out += "\\r";
-            break;
-        case '\t':
-            out += "\\t";
-            break;
-        default:
-            if (c < 0x20) {
-                out += "\\u00";
-                out += kHex[c >> 4];
-                out += kHex[c & 0xf];
-            } else {
-                out += ch;
-            }
-        }
-    }
-    out += '"';
-}
+using meshd::core::json_append_string;
 
 // Text from the daemon printed for people: no control characters reach the terminal.
 std::string printable(std::string_view s) {
