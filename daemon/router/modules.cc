@@ -296,6 +296,12 @@ const meshd::core::ModuleValue* config_value(meshd_host* host, const char* key) 
     return it == table.end() ? nullptr : &it->second;
 }
 
+// Host look-ups take names in any case, as clients write them; the store keeps them folded.
+std::string folded(const char* name, size_t len) {
+    auto canonical = meshd::core::canonical_principal(std::string_view(name, len));
+    return canonical ? *canonical : std::string();
+}
+
 struct Job {
     uv_work_t req{};
     meshd_job_cb work = nullptr;
@@ -365,7 +371,7 @@ MESHD_EXPORT int meshd_host_principal_exists(meshd_host* host, const char* name,
                                              meshd_principal_kind* kind) {
     if (!host || !name)
         return 0;
-    auto* p = host->module->store->find(std::string_view(name, len));
+    auto* p = host->module->store->find(folded(name, len));
     if (!p)
         return 0;
     if (kind)
@@ -387,7 +393,7 @@ MESHD_EXPORT int meshd_host_token_verify(meshd_host* host, const char* token, si
 MESHD_EXPORT int meshd_host_route_add(meshd_route_out* out, const char* principal, size_t len) {
     if (!out || !principal)
         return -1;
-    auto* p = out->store->find(std::string_view(principal, len));
+    auto* p = out->store->find(folded(principal, len));
     if (!p)
         return -1;
     for (auto* existing : *out->recipients)
@@ -402,7 +408,7 @@ MESHD_EXPORT int meshd_host_route_add(meshd_route_out* out, const char* principa
 MESHD_EXPORT int meshd_host_route_add_group(meshd_route_out* out, const char* group, size_t len) {
     if (!out || !group)
         return -1;
-    const auto* g = out->store->find_group(std::string_view(group, len));
+    const auto* g = out->store->find_group(folded(group, len));
     if (!g)
         return -1;
     // Members are unique; the store skips the sender when it is one of them.
@@ -415,10 +421,10 @@ MESHD_EXPORT int meshd_host_group_has_member(meshd_host* host, const char* group
                                              const char* principal, size_t principal_len) {
     if (!host || !group || !principal)
         return -1;
-    const auto* g = host->module->store->find_group(std::string_view(group, group_len));
+    const auto* g = host->module->store->find_group(folded(group, group_len));
     if (!g)
         return -1;
-    std::string_view name(principal, principal_len);
+    std::string name = folded(principal, principal_len);
     for (const auto* p : g->members)
         if (p->name == name)
             return 1;

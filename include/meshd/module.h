@@ -194,6 +194,7 @@ MESHD_EXPORT const meshd_module *meshd_module_get(int abi);
     }
 
 /* ---- host calls (exported by the meshd executable) ------------------------------------- */
+/* Principal and group names may be passed in any case: the host folds them. */
 
 /* Log one event line: level=... module=NAME event=EVENT MESSAGE. */
 void meshd_host_log(meshd_host *host, meshd_log_level level, const char *event,

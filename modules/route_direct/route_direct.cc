@@ -5,6 +5,7 @@
 #include "meshd/module.h"
 
 #include <string>
+#include <string_view>
 
 namespace {
 
@@ -23,14 +24,11 @@ void fini(void*) {
 
 meshd_verdict route(void*, const meshd_route_request* req, meshd_route_out* recipients,
                     meshd_route_result* out) {
-    std::string name(req->to, req->to_len);
-    if (name.empty() || name[0] == '#' || name.find(':') != std::string::npos)
+    std::string_view to(req->to, req->to_len);
+    if (to.empty() || to[0] == '#' || to.find(':') != std::string_view::npos)
         return MESHD_PASS;
-    for (char& c : name)
-        if (c >= 'A' && c <= 'Z')
-            c = static_cast<char>(c - 'A' + 'a');
-    if (meshd_host_route_add(recipients, name.data(), name.size()) != 0) {
-        g_message = "no user or agent named '" + std::string(req->to, req->to_len) + "'";
+    if (meshd_host_route_add(recipients, to.data(), to.size()) != 0) { // the host folds case
+        g_message = "no user or agent named '" + std::string(to) + "'";
         out->code = "unknown_peer";
         out->message = g_message.c_str();
         return MESHD_DENY;

@@ -28,9 +28,6 @@ meshd_verdict route(void*, const meshd_route_request* req, meshd_route_out* reci
     if (req->to_len < 2 || req->to[0] != '#')
         return MESHD_PASS;
     std::string group(req->to + 1, req->to_len - 1);
-    for (char& c : group)
-        if (c >= 'A' && c <= 'Z')
-            c = static_cast<char>(c - 'A' + 'a');
     int member = meshd_host_group_has_member(g_host, group.data(), group.size(), req->sender,
                                              req->sender_len);
     if (member < 0) {

@@ -307,7 +307,8 @@ class Meshd:
             await asyncio.sleep(0.02)
 
     # -- context manager ------------------------------------------------------------------
-    async def __aenter__(self):
+    def _enter(self):
+        """Start (unless start=False); on failure leave nothing behind."""
         if self._want_start:
             try:
                 self.start()
@@ -316,6 +317,9 @@ class Meshd:
                 self._cleanup()
                 raise
         return self
+
+    async def __aenter__(self):
+        return self._enter()
 
     async def __aexit__(self, exc_type, exc, tb):
         try:
@@ -340,14 +344,7 @@ class Meshd:
         return False
 
     def __enter__(self):
-        if self._want_start:
-            try:
-                self.start()
-            except BaseException:
-                self._hard_kill()
-                self._cleanup()
-                raise
-        return self
+        return self._enter()
 
     def __exit__(self, exc_type, exc, tb):
         try:
