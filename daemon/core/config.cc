@@ -668,6 +668,9 @@ void flatten_module_table(const toml::table& table, const std::string& prefix, M
         } else if (const auto* s = node.as_string()) {
             value.type = ModuleValue::Type::string;
             value.string = s->get();
+        } else if (const auto* f = node.as_floating_point()) {
+            value.type = ModuleValue::Type::floating;
+            value.floating = f->get();
         }
         out.insert_or_assign(std::move(name), std::move(value));
     }

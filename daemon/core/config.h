@@ -25,8 +25,9 @@ enum class LogLevel { debug, info, warn, error };
 
 // One module's own TOML table, flattened: "key" or "sub.key" -> value.
 struct ModuleValue {
-    enum class Type { integer, boolean, string, other } type = Type::other;
+    enum class Type { integer, boolean, string, floating, other } type = Type::other;
     int64_t integer = 0;
+    double floating = 0;
     bool boolean = false;
     std::string string;
 };

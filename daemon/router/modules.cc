@@ -367,6 +367,18 @@ MESHD_EXPORT int meshd_host_config_string(meshd_host* host, const char* key, con
     return 0;
 }
 
+MESHD_EXPORT int meshd_host_config_double(meshd_host* host, const char* key, double* out) {
+    const auto* v = config_value(host, key);
+    if (!v)
+        return 1;
+    using Type = meshd::core::ModuleValue::Type;
+    if (v->type != Type::floating && v->type != Type::integer)
+        return -1;
+    if (out)
+        *out = v->type == Type::floating ? v->floating : static_cast<double>(v->integer);
+    return 0;
+}
+
 MESHD_EXPORT int meshd_host_principal_exists(meshd_host* host, const char* name, size_t len,
                                              meshd_principal_kind* kind) {
     if (!host || !name)

@@ -44,12 +44,15 @@ extern "C" {
 /* Opaque handles; use the meshd_host_*() functions below. */
 typedef struct meshd_host meshd_host;
 typedef struct meshd_route_out meshd_route_out;
+typedef struct meshd_buf meshd_buf;       /* a growing byte buffer owned by meshd */
+typedef struct meshd_metric meshd_metric; /* one metric series in meshd's registry */
 
 /* What a hook decides. PASS: not mine, ask the next module. */
 typedef enum meshd_verdict {
     MESHD_PASS = 0,
     MESHD_ALLOW = 1,
-    MESHD_DENY = 2
+    MESHD_DENY = 2,
+    MESHD_CHALLENGE = 3 /* auth only: send the client a challenge, then ask me again */
 } meshd_verdict;
 
 typedef enum meshd_log_level {
@@ -65,24 +68,50 @@ typedef enum meshd_principal_kind {
 } meshd_principal_kind;
 
 /* ---- auth: a hello (or auth) frame arrived -------------------------------------------- */
+/* Step 0 is the hello. A module that answers MESHD_CHALLENGE gets the client's next `auth`
+ * frame as step 1, with the challenge bytes it issued (kept by meshd, per connection); no
+ * other module is asked at step 1. A new hello starts over at step 0. */
 typedef struct meshd_auth_request {
     const char *token; size_t token_len;         /* hello.token or the Bearer header; may be 0 */
     const char *claimed_id; size_t claimed_id_len; /* hello.id, case-folded; may be 0 */
     const char *device; size_t device_len;
-    const char *remote_addr; size_t remote_addr_len;
+    const char *remote_addr; size_t remote_addr_len; /* "ip:port" */
+    const char *pubkey; size_t pubkey_len;       /* hello.pubkey as sent (base64); may be 0 */
+    int step;                                    /* 0: hello; 1: the auth frame */
+    const unsigned char *challenge; size_t challenge_len; /* step 1: what step 0 issued */
+    const char *sig; size_t sig_len;             /* step 1: auth.sig as sent (base64) */
     void *reserved[8];
 } meshd_auth_request;
 
-/* On MESHD_ALLOW the module writes the principal name (NUL-terminated) into principal.
- * On MESHD_DENY it may point message at a NUL-terminated text that lives until the next call. */
+/* MESHD_ALLOW: the module writes the principal name (NUL-terminated) into principal, and may
+ * name the credential that opened the session in credential (NUL-terminated, for example
+ * "ed25519:<base64 key>"); meshd closes the sessions a credential opened when it is revoked.
+ * MESHD_DENY: message may point at a NUL-terminated text that lives until the next call.
+ * MESHD_CHALLENGE: the module fills challenge[0..challenge_len) (1..64 bytes), which meshd
+ * sends as {"type":"challenge","nonce":"<base64>"}; the client must answer within
+ * challenge_timeout_ms (0: limits.hello_timeout_ms) or is refused with close 1008. */
 typedef struct meshd_auth_result {
     char principal[72];
     const char *message;
+    char credential[96];
+    unsigned char challenge[64];
+    size_t challenge_len;
+    uint32_t challenge_timeout_ms;
     void *reserved[8];
 } meshd_auth_result;
 
 typedef meshd_verdict (*meshd_auth_cb)(void *state, const meshd_auth_request *req,
                                        meshd_auth_result *out);
+
+/* ---- auth_failed: a client was refused at hello or auth -------------------------------- */
+typedef struct meshd_auth_failure {
+    const char *remote_ip; size_t remote_ip_len; /* without the port */
+    const char *claimed_id; size_t claimed_id_len; /* may be 0 */
+    const char *message;                          /* NUL-terminated: why */
+    void *reserved[8];
+} meshd_auth_failure;
+
+typedef void (*meshd_auth_failed_cb)(void *state, const meshd_auth_failure *ev);
 
 /* ---- route: a send names a target ------------------------------------------------------ */
 typedef struct meshd_route_request {
@@ -123,6 +152,17 @@ typedef struct meshd_check_result {
 typedef meshd_verdict (*meshd_check_cb)(void *state, const meshd_check_request *req,
                                         meshd_check_result *out);
 
+/* ---- accept: a WebSocket connection was opened, before anything is read ---------------- */
+/* MESHD_DENY: meshd sends error{code, message, retry_after_ms} (code defaults to
+ * "rate_limited") and closes with 1013 for rate_limited, 1008 for any other code. */
+typedef struct meshd_accept_request {
+    const char *remote_ip; size_t remote_ip_len; /* without the port */
+    void *reserved[8];
+} meshd_accept_request;
+
+typedef meshd_verdict (*meshd_accept_cb)(void *state, const meshd_accept_request *req,
+                                         meshd_check_result *out);
+
 /* ---- stored: after commit, once per recipient ------------------------------------------ */
 typedef struct meshd_stored_event {
     const char *recipient; size_t recipient_len;
@@ -145,9 +185,52 @@ typedef struct meshd_session_event {
 
 typedef void (*meshd_session_cb)(void *state, const meshd_session_event *ev);
 
+/* ---- http: a GET or HEAD on a listener the module opened with meshd_host_http_listen() -- */
+typedef struct meshd_http_request {
+    const char *method; size_t method_len;       /* "GET" or "HEAD" (others get 405) */
+    const char *path; size_t path_len;           /* without the query */
+    const char *query; size_t query_len;         /* after '?'; may be 0 */
+    const char *remote_addr; size_t remote_addr_len;
+    void *reserved[8];
+} meshd_http_request;
+
+/* status is preset to 200 and content_type to "text/plain; charset=utf-8"; content_type
+ * must be NUL-terminated and live until the next call. The hook appends the body to body
+ * with meshd_host_buf_append(). */
+typedef struct meshd_http_response {
+    int status;
+    const char *content_type;
+    meshd_buf *body;
+    void *reserved[8];
+} meshd_http_response;
+
+typedef void (*meshd_http_cb)(void *state, const meshd_http_request *req,
+                              meshd_http_response *resp);
+
 typedef void (*meshd_tick_cb)(void *state, int64_t now_ms);
 /* reload: the module's table was re-read; return 0 if applied, non-zero to keep the old one. */
 typedef int (*meshd_reload_cb)(void *state);
+
+/* ---- config: the keys of the module's own TOML table ----------------------------------- */
+/* meshd validates [NAME] against this list before init and before every reload, and reports
+ * an unknown key, a wrong type or an out-of-range value as FILE:LINE:COL: message, like its
+ * own keys. A module with no list accepts no keys. */
+typedef enum meshd_config_type {
+    MESHD_CONFIG_INT = 0,
+    MESHD_CONFIG_BOOL = 1,
+    MESHD_CONFIG_STRING = 2,
+    MESHD_CONFIG_DOUBLE = 3 /* an integer is accepted too */
+} meshd_config_type;
+
+typedef struct meshd_config_key {
+    const char *name;        /* "key" or "sub.key"; a NULL name ends the list */
+    meshd_config_type type;
+    double min, max;         /* INT and DOUBLE: the inclusive range; min > max: unbounded */
+    int reloadable;          /* 0: a change is reported as needing a restart, and the module
+                                keeps seeing the value it started with */
+    const char *help;        /* what it means, in a few words; shown in errors */
+    void *reserved[4];
+} meshd_config_key;
 
 /* ---- the descriptor -------------------------------------------------------------------- */
 typedef struct meshd_module {
@@ -165,7 +248,11 @@ typedef struct meshd_module {
     meshd_session_cb disconnect;
     meshd_tick_cb tick;
     meshd_reload_cb reload;
-    void *reserved[16];          /* future hooks (http, control, ...); zero */
+    meshd_accept_cb accept;
+    meshd_auth_failed_cb auth_failed;
+    meshd_http_cb http;
+    const meshd_config_key *config; /* the keys of [NAME], ended by a NULL name; may be NULL */
+    void *reserved[12];          /* future hooks (control, ...); zero */
 } meshd_module;
 
 /* Exported by every module. */
@@ -206,6 +293,8 @@ int meshd_host_config_int(meshd_host *host, const char *key, int64_t *out);
 int meshd_host_config_bool(meshd_host *host, const char *key, int *out);
 /* The string is valid until the next reload. */
 int meshd_host_config_string(meshd_host *host, const char *key, const char **out, size_t *len);
+/* A DOUBLE key (an integer in the file is converted). */
+int meshd_host_config_double(meshd_host *host, const char *key, double *out);
 
 /* Does a live (not deleted) principal of this name exist? 1 yes, 0 no. kind may be NULL. */
 int meshd_host_principal_exists(meshd_host *host, const char *name, size_t len,
@@ -215,6 +304,11 @@ int meshd_host_principal_exists(meshd_host *host, const char *name, size_t len,
  * NUL-terminated name into out (size out_size) and returns 0; returns -1 if unknown. */
 int meshd_host_token_verify(meshd_host *host, const char *token, size_t len, char *out,
                             size_t out_size);
+
+/* Is the ed25519 public key `pubkey` (32 raw bytes) registered for the live principal
+ * `name` (meshctl key add)? 1 yes, 0 no. */
+int meshd_host_key_registered(meshd_host *host, const char *name, size_t len,
+                              const unsigned char *pubkey, size_t pubkey_len);
 
 /* Add a recipient while routing. Returns 0, or -1 if no such principal. */
 int meshd_host_route_add(meshd_route_out *out, const char *principal, size_t len);
@@ -233,6 +327,37 @@ int64_t meshd_host_now_ms(meshd_host *host);
 /* Run work() on a helper thread, then done() on the loop thread. Returns 0 if queued. */
 typedef void (*meshd_job_cb)(void *arg);
 int meshd_host_run_job(meshd_host *host, meshd_job_cb work, meshd_job_cb done, void *arg);
+
+/* Append len bytes to a buffer meshd handed to a hook. */
+void meshd_host_buf_append(meshd_buf *buf, const char *data, size_t len);
+
+/* ---- metrics: one registry for meshd and its modules ----------------------------------- */
+typedef enum meshd_metric_type {
+    MESHD_METRIC_COUNTER = 0, /* only goes up: meshd_host_metric_add() with delta >= 0 */
+    MESHD_METRIC_GAUGE = 1
+} meshd_metric_type;
+
+/* Registers the series name{labels} (or returns the one already registered). name follows
+ * Prometheus rules ([a-zA-Z_:][a-zA-Z0-9_:]*; counters should end in _total); labels is the
+ * text between the braces, such as reason="send", or NULL. Returns NULL (and logs why) on a
+ * bad name or a type that differs from the name's earlier series. Handles live as long as
+ * meshd; they may be used from the loop thread only. */
+meshd_metric *meshd_host_metric(meshd_host *host, meshd_metric_type type, const char *name,
+                                const char *help, const char *labels);
+void meshd_host_metric_add(meshd_metric *metric, double delta);
+void meshd_host_metric_set(meshd_metric *metric, double value);
+
+/* Appends every metric of meshd and its modules to out, in the Prometheus text exposition
+ * format 0.0.4. Returns 0. */
+int meshd_host_metrics_render(meshd_host *host, meshd_buf *out);
+
+/* ---- http: a listener of the module's own ---------------------------------------------- */
+/* From init only. Serves HTTP/1.1 on addr ("host:port"; port 0 picks a free one) and hands
+ * GET and HEAD requests whose path equals path (other paths get 404) to the module's http
+ * hook. Returns 0, or -1 after logging why (a bad address, no http hook). meshd opens the
+ * listener with its own and refuses to start if it cannot; the address it really listens
+ * on is logged as event=http.listen module=NAME listen=HOST:PORT. */
+int meshd_host_http_listen(meshd_host *host, const char *addr, const char *path);
 
 #ifdef __cplusplus
 }
