@@ -85,7 +85,11 @@ class Daemon {
 
         auto mods = router::ModuleSet::load(*config_, *store_, loop_);
         if (!mods) {
-            teardown(); // ModuleSet::load logged event=module.load_failed with the file
+            // ModuleSet::load logged event=module.load_failed with the file; a bad module
+            // table is also printed as FILE:LINE:COL lines, like the core's config errors.
+            if (mods.error().code == "bad_config")
+                std::fprintf(stderr, "%s\n", mods.error().message.c_str());
+            teardown();
             return 1;
         }
         modules_ = std::move(mods.value());
@@ -139,9 +143,16 @@ class Daemon {
                 lines.push_back(e.to_string());
             return core::make_error("bad_config", join(lines, "\n"));
         }
-        core::ConfigDiff applied = core::diff_config(*config_, *loaded.config);
-        core::ConfigDiff since_start = core::diff_config(started_config_, *loaded.config);
         core::Config& next = *loaded.config;
+        auto module_diff = modules_->prepare_reload(next);
+        if (!module_diff)
+            return module_diff.error();
+        core::ConfigDiff applied = core::diff_config(*config_, next);
+        core::ConfigDiff since_start = core::diff_config(started_config_, next);
+        for (auto& k : module_diff.value().applied)
+            applied.applied.push_back(k);
+        for (auto& k : module_diff.value().restart_required)
+            since_start.restart_required.push_back(k);
         core::log_set_level(next.log_level);
         broker_->apply_limits(session::BrokerLimits::from(next));
         ws_->set_max_frame(static_cast<size_t>(next.max_frame));
@@ -265,6 +276,12 @@ int main(int argc, char** argv) {
         return 1;
     }
     if (check) {
+        // Module tables are checked against the key lists of the modules themselves.
+        auto errors = meshd::router::ModuleSet::check(*loaded.config);
+        for (const auto& e : errors)
+            std::fprintf(stderr, "%s\n", e.to_string().c_str());
+        if (!errors.empty())
+            return 1;
         std::printf("%s: ok\n", config_path.c_str());
         return 0;
     }

@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
 #include <fcntl.h>
 #include <filesystem>
@@ -659,6 +660,10 @@ void flatten_module_table(const toml::table& table, const std::string& prefix, M
             continue;
         }
         ModuleValue value;
+        value.described = describe(node);
+        auto at = where(key, node);
+        value.line = static_cast<int>(at.line);
+        value.column = static_cast<int>(at.column);
         if (const auto* i = node.as_integer()) {
             value.type = ModuleValue::Type::integer;
             value.integer = i->get();
@@ -876,6 +881,92 @@ const std::vector<KeyInfo>& config_keys() {
         return out;
     }();
     return keys;
+}
+
+namespace {
+
+std::string_view describe(ModuleKeySpec::Type type) {
+    switch (type) {
+    case ModuleKeySpec::Type::integer:
+        return "an integer";
+    case ModuleKeySpec::Type::boolean:
+        return "a boolean";
+    case ModuleKeySpec::Type::string:
+        return "a string";
+    case ModuleKeySpec::Type::floating:
+        return "a number";
+    }
+    return "a value";
+}
+
+std::string number_text(double v, bool integer) {
+    if (integer)
+        return std::to_string(static_cast<long long>(v));
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
+}
+
+} // namespace
+
+void check_module_table(const std::string& config_path, std::string_view module,
+                        const ModuleTable& table, const std::vector<ModuleKeySpec>& keys,
+                        std::vector<ConfigError>& errors) {
+    size_t first = errors.size();
+    std::vector<std::string_view> names;
+    for (const ModuleKeySpec& k : keys)
+        names.push_back(k.name);
+    auto error = [&](const ModuleValue& v, std::string message) {
+        errors.push_back(ConfigError{config_path, v.line, v.column, std::move(message)});
+    };
+    for (const auto& [name, value] : table) {
+        std::string full = std::string(module) + "." + name;
+        auto spec = std::find_if(keys.begin(), keys.end(),
+                                 [&](const ModuleKeySpec& k) { return k.name == name; });
+        if (spec == keys.end()) {
+            std::string msg = "unknown key " + full;
+            if (keys.empty())
+                msg += ": module " + std::string(module) + " takes no settings; remove [" +
+                       std::string(module) + "]";
+            else if (auto guess = closest(name, names))
+                msg += " (did you mean " + std::string(module) + "." + std::string(*guess) + "?)";
+            else
+                msg += ": keys of [" + std::string(module) + "] are " + joined(names);
+            error(value, std::move(msg));
+            continue;
+        }
+        using VT = ModuleValue::Type;
+        using KT = ModuleKeySpec::Type;
+        bool type_ok = (spec->type == KT::integer && value.type == VT::integer) ||
+                       (spec->type == KT::boolean && value.type == VT::boolean) ||
+                       (spec->type == KT::string && value.type == VT::string) ||
+                       (spec->type == KT::floating &&
+                        (value.type == VT::floating || value.type == VT::integer));
+        std::string what = spec->help.empty() ? "" : " (" + spec->help + ")";
+        if (!type_ok) {
+            error(value, full + " must be " + std::string(describe(spec->type)) + what + ", got " +
+                             value.described);
+            continue;
+        }
+        if ((spec->type == KT::integer || spec->type == KT::floating) && spec->min <= spec->max) {
+            double v = value.type == VT::integer ? static_cast<double>(value.integer)
+                                                 : value.floating;
+            if (!(v >= spec->min && v <= spec->max)) {
+                bool integer = spec->type == KT::integer;
+                error(value, full + " = " +
+                                 (value.type == VT::integer ? std::to_string(value.integer)
+                                                            : number_text(v, false)) +
+                                 " is out of range" + what + ": it must be " +
+                                 number_text(spec->min, integer) + ".." +
+                                 number_text(spec->max, integer));
+            }
+        }
+    }
+    // The table is sorted by name; report in file order like the core does.
+    std::stable_sort(errors.begin() + static_cast<std::ptrdiff_t>(first), errors.end(),
+                     [](const ConfigError& a, const ConfigError& b) {
+                         return std::pair(a.line, a.column) < std::pair(b.line, b.column);
+                     });
 }
 
 ConfigDiff diff_config(const Config& before, const Config& after) {

@@ -30,6 +30,13 @@ struct ModuleValue {
     double floating = 0;
     bool boolean = false;
     std::string string;
+    std::string described; // "an integer", "an array", ... for errors
+    int line = 0;          // where the value is written, for errors
+    int column = 0;
+    bool operator==(const ModuleValue& o) const {
+        return type == o.type && integer == o.integer && floating == o.floating &&
+               boolean == o.boolean && string == o.string;
+    }
 };
 using ModuleTable = std::map<std::string, ModuleValue, std::less<>>;
 
@@ -100,6 +107,22 @@ struct ConfigDiff {
     std::vector<std::string> restart_required; // non-reloadable keys that changed
 };
 ConfigDiff diff_config(const Config& before, const Config& after);
+
+// A key a module declares for its own table (from its meshd_config_key list).
+struct ModuleKeySpec {
+    enum class Type { integer, boolean, string, floating } type = Type::integer;
+    std::string name; // "key" or "sub.key"
+    double min = 1, max = 0; // integer and floating; min > max: unbounded
+    bool reloadable = false;
+    std::string help;
+};
+
+// Checks module `module`'s table (as read from config_path) against the keys it declares:
+// unknown keys (with a did-you-mean), wrong types and out-of-range values, as positioned
+// errors like the core's. Appends to errors.
+void check_module_table(const std::string& config_path, std::string_view module,
+                        const ModuleTable& table, const std::vector<ModuleKeySpec>& keys,
+                        std::vector<ConfigError>& errors);
 
 std::string_view to_string(SyncMode);
 std::string_view to_string(LogLevel);

@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <dlfcn.h>
+#include <optional>
 
 // The opaque handle a module gets; one per loaded module.
 struct meshd_host {
@@ -38,7 +39,8 @@ struct LoadedModule {
     meshd_host host{};
     store::Store* store = nullptr;
     uv_loop_t* loop = nullptr;
-    core::ModuleTable table;
+    core::ModuleTable table;            // what the module sees now
+    std::vector<core::ModuleKeySpec> keys; // what it declares
 };
 
 namespace {
@@ -59,45 +61,95 @@ std::string cstr(const char* s) {
 
 } // namespace
 
+namespace {
+
+// The keys a module declares, in the core's terms.
+std::vector<core::ModuleKeySpec> key_specs(const meshd_module* desc) {
+    std::vector<core::ModuleKeySpec> out;
+    for (const meshd_config_key* k = desc->config; k && k->name; ++k) {
+        core::ModuleKeySpec spec;
+        spec.name = k->name;
+        spec.type = k->type == MESHD_CONFIG_BOOL     ? core::ModuleKeySpec::Type::boolean
+                    : k->type == MESHD_CONFIG_STRING ? core::ModuleKeySpec::Type::string
+                    : k->type == MESHD_CONFIG_DOUBLE ? core::ModuleKeySpec::Type::floating
+                                                     : core::ModuleKeySpec::Type::integer;
+        spec.min = k->min;
+        spec.max = k->max;
+        spec.reloadable = k->reloadable != 0;
+        spec.help = cstr(k->help);
+        out.push_back(std::move(spec));
+    }
+    return out;
+}
+
+const core::ModuleTable& table_of(const core::Config& config, const std::string& name) {
+    static const core::ModuleTable empty;
+    auto it = config.module_tables.find(name);
+    return it == config.module_tables.end() ? empty : it->second;
+}
+
+// dlopen, ABI handshake and descriptor of `name`; the message says why not.
+std::optional<std::string> open_module(LoadedModule& m, const std::string& name,
+                                       const core::Config& config) {
+    m.name = name;
+    m.file = config.modules_dir + "/" + name + ".so";
+    m.handle.reset(dlopen(m.file.c_str(), RTLD_NOW | RTLD_LOCAL));
+    if (!m.handle)
+        return cstr(dlerror()) + " (check modules.dir and modules.load in the config)";
+    auto abi_fn =
+        reinterpret_cast<int (*)(const int*, int)>(dlsym(m.handle.get(), "meshd_module_abi"));
+    auto get_fn =
+        reinterpret_cast<const meshd_module* (*)(int)>(dlsym(m.handle.get(), "meshd_module_get"));
+    if (!abi_fn || !get_fn)
+        return "it does not export meshd_module_abi and meshd_module_get; is it a meshd module?";
+    int abi = abi_fn(host_abis, static_cast<int>(std::size(host_abis)));
+    bool known = false;
+    for (int a : host_abis)
+        known = known || a == abi;
+    if (!known)
+        return "it was built for module ABI " + std::to_string(abi) +
+               ", and this meshd " MESHD_VERSION " hosts ABI " + std::to_string(MESHD_MODULE_ABI) +
+               "; rebuild it against this meshd's module.h";
+    m.desc = get_fn(abi);
+    if (!m.desc || m.desc->abi != abi)
+        return "meshd_module_get(" + std::to_string(abi) + ") returned no descriptor for that ABI";
+    if (!m.desc->name || name != m.desc->name)
+        return "it calls itself '" + cstr(m.desc->name) + "', not '" + name + "'";
+    return std::nullopt;
+}
+
+std::string error_lines(const std::vector<core::ConfigError>& errors) {
+    std::string out;
+    for (const auto& e : errors) {
+        if (!out.empty())
+            out += '\n';
+        out += e.to_string();
+    }
+    return out;
+}
+
+} // namespace
+
 core::Result<std::unique_ptr<ModuleSet>> ModuleSet::load(const core::Config& config,
                                                          store::Store& store, uv_loop_t* loop) {
     std::unique_ptr<ModuleSet> set(new ModuleSet());
     for (const std::string& name : config.modules_load) {
         auto m = std::make_unique<LoadedModule>();
-        m->name = name;
-        m->file = config.modules_dir + "/" + name + ".so";
         m->store = &store;
         m->loop = loop;
         m->host.module = m.get();
-        if (auto it = config.module_tables.find(name); it != config.module_tables.end())
-            m->table = it->second;
-        m->handle.reset(dlopen(m->file.c_str(), RTLD_NOW | RTLD_LOCAL));
-        if (!m->handle)
-            return load_error(m->file, cstr(dlerror()) +
-                                           " (check modules.dir and modules.load in the config)");
-        auto abi_fn =
-            reinterpret_cast<int (*)(const int*, int)>(dlsym(m->handle.get(), "meshd_module_abi"));
-        auto get_fn = reinterpret_cast<const meshd_module* (*)(int)>(
-            dlsym(m->handle.get(), "meshd_module_get"));
-        if (!abi_fn || !get_fn)
-            return load_error(m->file, "it does not export meshd_module_abi and "
-                                       "meshd_module_get; is it a meshd module?");
-        int abi = abi_fn(host_abis, static_cast<int>(std::size(host_abis)));
-        bool known = false;
-        for (int a : host_abis)
-            known = known || a == abi;
-        if (!known)
-            return load_error(m->file, "it was built for module ABI " + std::to_string(abi) +
-                                           ", and this meshd " MESHD_VERSION " hosts ABI " +
-                                           std::to_string(MESHD_MODULE_ABI) +
-                                           "; rebuild it against this meshd's module.h");
-        m->desc = get_fn(abi);
-        if (!m->desc || m->desc->abi != abi)
-            return load_error(m->file, "meshd_module_get(" + std::to_string(abi) +
-                                           ") returned no descriptor for that ABI");
-        if (!m->desc->name || name != m->desc->name)
-            return load_error(m->file,
-                              "it calls itself '" + cstr(m->desc->name) + "', not '" + name + "'");
+        if (auto why = open_module(*m, name, config))
+            return load_error(m->file, *why);
+        m->keys = key_specs(m->desc);
+        m->table = table_of(config, name);
+        std::vector<core::ConfigError> errors;
+        core::check_module_table(config.path, name, m->table, m->keys, errors);
+        if (!errors.empty()) {
+            for (const auto& e : errors)
+                MESHD_LOG(error, "config.invalid", "message=%s",
+                          core::log_value(e.to_string()).c_str());
+            return core::make_error("bad_config", error_lines(errors));
+        }
         if (m->desc->init && m->desc->init(&m->host, &m->state) != 0)
             return load_error(m->file, "its init failed (see the lines it logged above)");
         m->initialised = true;
@@ -107,6 +159,22 @@ core::Result<std::unique_ptr<ModuleSet>> ModuleSet::load(const core::Config& con
         set->modules_.push_back(std::move(m));
     }
     return set;
+}
+
+std::vector<core::ConfigError> ModuleSet::check(const core::Config& config) {
+    std::vector<core::ConfigError> errors;
+    for (const std::string& name : config.modules_load) {
+        LoadedModule m;
+        if (auto why = open_module(m, name, config)) {
+            errors.push_back(core::ConfigError{config.path, 0, 0,
+                                               "modules.load: cannot load module " + m.file +
+                                                   ": " + *why});
+            continue;
+        }
+        core::check_module_table(config.path, name, table_of(config, name), key_specs(m.desc),
+                                 errors);
+    }
+    return errors;
 }
 
 ModuleSet::~ModuleSet() {
@@ -268,11 +336,38 @@ void ModuleSet::tick(int64_t now_ms) {
             m->desc->tick(m->state, now_ms);
 }
 
+core::Result<core::ConfigDiff> ModuleSet::prepare_reload(const core::Config& config) const {
+    std::vector<core::ConfigError> errors;
+    core::ConfigDiff diff;
+    for (const auto& m : modules_) {
+        const core::ModuleTable& next = table_of(config, m->name);
+        core::check_module_table(config.path, m->name, next, m->keys, errors);
+        for (const core::ModuleKeySpec& k : m->keys) {
+            auto a = m->table.find(k.name);
+            auto b = next.find(k.name);
+            bool same = (a == m->table.end()) == (b == next.end()) &&
+                        (a == m->table.end() || a->second == b->second);
+            if (!same)
+                (k.reloadable ? diff.applied : diff.restart_required)
+                    .push_back(m->name + "." + k.name);
+        }
+    }
+    if (!errors.empty())
+        return core::make_error("bad_config", error_lines(errors));
+    return diff;
+}
+
 void ModuleSet::reload(const core::Config& config) {
     for (const auto& m : modules_) {
-        core::ModuleTable table;
-        if (auto it = config.module_tables.find(m->name); it != config.module_tables.end())
-            table = it->second;
+        // Reloadable keys take their new values; the others keep the running ones.
+        core::ModuleTable table = table_of(config, m->name);
+        for (const core::ModuleKeySpec& k : m->keys) {
+            if (k.reloadable)
+                continue;
+            table.erase(k.name);
+            if (auto it = m->table.find(k.name); it != m->table.end())
+                table.insert(*it);
+        }
         core::ModuleTable old = std::move(m->table);
         m->table = std::move(table);
         if (m->desc->reload && m->desc->reload(m->state) != 0) {

@@ -46,9 +46,13 @@ struct ModuleInfo {
 
 class ModuleSet {
   public:
-    // Loads and initialises every module of config.modules_load. Errors name the file.
+    // Loads and initialises every module of config.modules_load. Errors name the file; a
+    // module table that fails its module's key list gives code "bad_config" with one
+    // FILE:LINE:COL line per problem.
     static core::Result<std::unique_ptr<ModuleSet>> load(const core::Config& config,
                                                          store::Store& store, uv_loop_t* loop);
+    // For `meshd --check`: opens every module (without init) and checks its table.
+    static std::vector<core::ConfigError> check(const core::Config& config);
     ~ModuleSet(); // calls fini in reverse order, then dlclose
     ModuleSet(const ModuleSet&) = delete;
     ModuleSet& operator=(const ModuleSet&) = delete;
@@ -70,6 +74,10 @@ class ModuleSet {
     void session_event(bool connect, const store::Principal& p, std::string_view device,
                        std::string_view session);
     void tick(int64_t now_ms);
+    // Checks the new config's module tables against the loaded modules' key lists and says
+    // which keys changed ("ratelimit.send_rate"): reloadable ones are applied by reload(),
+    // others keep their running value until a restart. Errors: code "bad_config".
+    core::Result<core::ConfigDiff> prepare_reload(const core::Config& config) const;
     // Hands the new config's module tables to the modules and calls their reload hooks.
     void reload(const core::Config& config);
 

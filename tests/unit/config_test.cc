@@ -616,8 +616,12 @@ TEST(ConfigModuleTables, Flattened) {
     EXPECT_EQ(t.at("max").integer, -5);
     EXPECT_EQ(t.at("strict").type, ModuleValue::Type::boolean);
     EXPECT_TRUE(t.at("strict").boolean);
-    EXPECT_EQ(t.at("ratio").type, ModuleValue::Type::other);
+    EXPECT_EQ(t.at("ratio").type, ModuleValue::Type::floating);
+    EXPECT_DOUBLE_EQ(t.at("ratio").floating, 1.5);
     EXPECT_EQ(t.at("list").type, ModuleValue::Type::other);
+    EXPECT_EQ(t.at("list").described, "an array");
+    EXPECT_EQ(t.at("max").line, 5);
+    EXPECT_EQ(t.at("max").column, 7);
     EXPECT_EQ(t.at("sub.k").string, "v");
     EXPECT_EQ(t.at("sub.deeper.n").integer, 7);
     EXPECT_TRUE(c.module_tables.at("ratelimit").empty());
@@ -626,6 +630,61 @@ TEST(ConfigModuleTables, Flattened) {
 TEST(ConfigModuleTables, DefaultLoadListNamesModules) {
     Config c = parse_ok("[route_direct]\nmode = \"strict\"\n");
     EXPECT_EQ(c.module_tables.at("route_direct").at("mode").string, "strict");
+}
+
+// Checks [m] of `text` against `keys`; returns the errors as FILE:LINE:COL lines.
+std::vector<std::string> module_errors(const std::string& text,
+                                       const std::vector<ModuleKeySpec>& keys) {
+    Config c = parse_ok("[modules]\nload = [\"m\"]\n" + text);
+    std::vector<ConfigError> errors;
+    static const ModuleTable empty;
+    auto it = c.module_tables.find("m");
+    check_module_table("f.toml", "m", it == c.module_tables.end() ? empty : it->second, keys,
+                       errors);
+    std::vector<std::string> out;
+    for (const auto& e : errors)
+        out.push_back(e.to_string());
+    return out;
+}
+
+std::vector<ModuleKeySpec> sample_keys() {
+    ModuleKeySpec rate{ModuleKeySpec::Type::floating, "send_rate", 0, 1e6, true, "sends per second"};
+    ModuleKeySpec burst{ModuleKeySpec::Type::integer, "send_burst", 1, 1000, true, ""};
+    ModuleKeySpec dry{ModuleKeySpec::Type::boolean, "dry_run", 1, 0, true, ""};
+    ModuleKeySpec listen{ModuleKeySpec::Type::string, "listen", 1, 0, false, ""};
+    return {rate, burst, dry, listen};
+}
+
+TEST(ConfigModuleTables, ValidTableHasNoErrors) {
+    EXPECT_TRUE(module_errors("[m]\nsend_rate = 2\nsend_burst = 5\ndry_run = false\n"
+                              "listen = \"127.0.0.1:1\"\n",
+                              sample_keys())
+                    .empty());
+    EXPECT_TRUE(module_errors("[m]\nsend_rate = 0.5\n", sample_keys()).empty());
+    EXPECT_TRUE(module_errors("", sample_keys()).empty());
+}
+
+TEST(ConfigModuleTables, ErrorsArePositionedAndSay) {
+    auto e = module_errors("[m]\nsend_rat = 2\nsend_burst = \"5\"\nsend_rate = -1\n"
+                           "dry_run = 1\n[m.sub]\nx = 1\n",
+                           sample_keys());
+    ASSERT_EQ(e.size(), 5u);
+    EXPECT_EQ(e[0], "f.toml:4:12: unknown key m.send_rat (did you mean m.send_rate?)");
+    EXPECT_EQ(e[1], "f.toml:5:14: m.send_burst must be an integer, got \"5\"");
+    EXPECT_EQ(e[2], "f.toml:6:13: m.send_rate = -1 is out of range (sends per second): it must "
+                    "be 0..1e+06");
+    EXPECT_EQ(e[3], "f.toml:7:11: m.dry_run must be a boolean, got 1");
+    EXPECT_EQ(e[4], "f.toml:9:5: unknown key m.sub.x: keys of [m] are send_rate, send_burst, "
+                    "dry_run, listen");
+}
+
+TEST(ConfigModuleTables, IntegerRangeAndNoKeys) {
+    auto e = module_errors("[m]\nsend_burst = 1001\n", sample_keys());
+    ASSERT_EQ(e.size(), 1u);
+    EXPECT_EQ(e[0], "f.toml:4:14: m.send_burst = 1001 is out of range: it must be 1..1000");
+    e = module_errors("[m]\nx = 1\n", {});
+    ASSERT_EQ(e.size(), 1u);
+    EXPECT_EQ(e[0], "f.toml:4:5: unknown key m.x: module m takes no settings; remove [m]");
 }
 
 // ---- diff_config --------------------------------------------------------------------------
