@@ -159,22 +159,24 @@ std::string describe(const toml::node& node) {
     return "nothing";
 }
 
-// Levenshtein distance, for did-you-mean hints.
+// Edit distance counting a swap of two neighbours as one edit (optimal string alignment),
+// for did-you-mean hints: "wrod" is one edit from "word".
 size_t edit_distance(std::string_view a, std::string_view b) {
-    std::vector<size_t> row(b.size() + 1);
+    std::vector<size_t> before(b.size() + 1), prev(b.size() + 1), row(b.size() + 1);
     for (size_t j = 0; j <= b.size(); ++j)
-        row[j] = j;
+        prev[j] = j;
     for (size_t i = 1; i <= a.size(); ++i) {
-        size_t diagonal = row[0];
         row[0] = i;
         for (size_t j = 1; j <= b.size(); ++j) {
-            size_t above = row[j];
             size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
-            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + cost});
-            diagonal = above;
+            row[j] = std::min({prev[j] + 1, row[j - 1] + 1, prev[j - 1] + cost});
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+                row[j] = std::min(row[j], before[j - 2] + 1);
         }
+        before.swap(prev);
+        prev.swap(row);
     }
-    return row[b.size()];
+    return prev[b.size()];
 }
 
 // The closest candidate if it is close enough to be a likely typo.

@@ -419,6 +419,8 @@ TEST(ConfigUnknown, KeysAndSections) {
          {"meshd.toml:4:1: unknown key server.lisen (did you mean server.listen?)"}},
         {"[limits]\n  max_fram = 2048\n",
          {"meshd.toml:2:3: unknown key limits.max_fram (did you mean limits.max_frame?)"}},
+        {"[limits]\nmax_farme = 2048\n",
+         {"meshd.toml:2:1: unknown key limits.max_farme (did you mean limits.max_frame?)"}},
         {"[server]\nmax_frame = 2048\n",
          {"meshd.toml:2:1: unknown key server.max_frame: max_frame belongs in [limits]"}},
         {"[limits]\nfoo = 1\n",
