@@ -50,7 +50,6 @@ namespace meshd::bench {
 namespace {
 
 constexpr int64_t ns_per_s = 1'000'000'000;
-constexpr int64_t setup_timeout_ns = 5 * ns_per_s; // connect + upgrade + hello, all conns
 constexpr int64_t drain_timeout_ns = 2 * ns_per_s; // after the window: collect acks/msgs
 constexpr int64_t close_timeout_ns = 1 * ns_per_s; // close handshake
 constexpr int64_t hard_slack_s = 10;               // total <= warmup + duration + this
@@ -58,6 +57,8 @@ constexpr uint32_t receiver_ack_every = 64;
 constexpr size_t max_frame_payload = 64u << 20; // a bigger length is a broken stream
 constexpr size_t max_http_header = 16u << 10;
 constexpr size_t read_chunk = 64u << 10;
+constexpr size_t idle_read_chunk = 2u << 10; // idle mode: 20,000 x 64 KiB would be 1.3 GB
+constexpr size_t max_connecting = 256;       // handshakes in progress at once
 
 int64_t now_ns() noexcept {
     timespec ts{};
@@ -323,6 +324,12 @@ struct Options {
     bool json = false;
     bool help = false;
     int server_pid = 0; // optional: sample meshd's CPU and RSS from /proc over the window
+    std::string mode = "pairs"; // pairs | fill | replay | idle
+    std::string group;          // pairs mode: one sender -> --members receivers, to "#group"
+    size_t members = 0;
+    uint64_t count = 0;  // fill: stop after this many acks (0: after --duration-s)
+    size_t conns = 0;    // idle: connections to hold
+    size_t sources = 1;  // idle: source addresses 127.0.0.1 .. 127.0.0.K
 };
 
 void usage(FILE* to) {
@@ -338,6 +345,15 @@ void usage(FILE* to) {
         "  --rate R        total msgs/s target over all senders, 0 = as fast as possible\n"
         "  --server-pid P  also report that process's CPU% and RSS over the window\n"
         "  --json          print the result as one JSON line\n"
+        "  --group G --members M   one sender -> M receivers (tokens: sender, then members),\n"
+        "                  each send to \"#G\"; delivered counts every member's copy\n"
+        "  --mode fill     only the N senders connect (receivers stay offline, their logs\n"
+        "                  grow); stops after --count acks or --duration-s; reports acks/s\n"
+        "  --mode replay   only the N receivers connect, as a new device (cursor 0): the\n"
+        "                  whole stored log is replayed; reports msgs/s until `synced`\n"
+        "  --mode idle --conns C [--sources K]   C authenticated idle connections (token\n"
+        "                  lines reused, one device each) from 127.0.0.1..K; reports the\n"
+        "                  server's VmRSS and /proc/net/sockstat TCP memory before/after\n"
         "Connects to 127.0.0.1 only. Exits by warmup + duration + 10 s at the latest.\n",
         to);
 }
@@ -409,6 +425,26 @@ std::optional<Options> parse_options(int argc, char** argv) {
             if (!parse_number(value, opt.rate) || !(opt.rate >= 0) || opt.rate > 1e9) {
                 bad("msgs/s >= 0");
             }
+        } else if (arg == "--mode") {
+            opt.mode = std::string(value);
+            if (opt.mode != "pairs" && opt.mode != "fill" && opt.mode != "replay" &&
+                opt.mode != "idle") {
+                bad("pairs, fill, replay or idle");
+            }
+        } else if (arg == "--group") {
+            opt.group = std::string(value);
+        } else if (arg == "--members") {
+            if (!parse_number(value, opt.members) || opt.members < 1 || opt.members > 10000)
+                bad("an integer 1..10000");
+        } else if (arg == "--count") {
+            if (!parse_number(value, opt.count))
+                bad("a whole number");
+        } else if (arg == "--conns") {
+            if (!parse_number(value, opt.conns) || opt.conns < 1 || opt.conns > 200000)
+                bad("an integer 1..200000");
+        } else if (arg == "--sources") {
+            if (!parse_number(value, opt.sources) || opt.sources < 1 || opt.sources > 254)
+                bad("an integer 1..254");
         } else if (arg == "--server-pid") {
             if (!parse_number(value, opt.server_pid) || opt.server_pid < 1)
                 bad("a pid");
@@ -420,9 +456,35 @@ std::optional<Options> parse_options(int argc, char** argv) {
         fail("--port is required");
     if (ok && opt.tokens_path.empty())
         fail("--tokens is required");
+    if (ok && opt.group.empty() != (opt.members == 0))
+        fail("--group and --members go together");
+    if (ok && opt.mode == "idle" && opt.conns == 0)
+        fail("--mode idle needs --conns");
     if (!ok)
         return std::nullopt;
     return opt;
+}
+
+// Seconds allowed for connect + upgrade + hello + synced on every connection: 5, plus 3 ms a
+// connection (idle mode), plus 120 for a replay of a large backlog.
+double setup_allowance_s(const Options& opt) {
+    const size_t conns = opt.mode == "idle" ? opt.conns : 2 * std::max(opt.pairs, opt.members);
+    return 5.0 + 0.003 * double(conns) + (opt.mode == "replay" ? 120.0 : 0.0);
+}
+
+// /proc/net/sockstat "TCP: inuse I orphan O tw T alloc A mem M": M is in pages, both ends of
+// every loopback connection.
+std::optional<int64_t> tcp_mem_pages() {
+    std::ifstream in("/proc/net/sockstat");
+    std::string line;
+    while (in && std::getline(in, line)) {
+        if (line.rfind("TCP:", 0) != 0)
+            continue;
+        const size_t at = line.find(" mem ");
+        if (at != std::string::npos)
+            return std::strtoll(line.c_str() + at + 5, nullptr, 10);
+    }
+    return std::nullopt;
 }
 
 struct Credential {
@@ -430,7 +492,9 @@ struct Credential {
     std::string token;
 };
 
-std::optional<std::vector<Credential>> read_tokens(const std::string& path, size_t want) {
+// Reads up to `want` credentials; fewer than `need` is an error.
+std::optional<std::vector<Credential>> read_tokens(const std::string& path, size_t want,
+                                                   size_t need) {
     std::ifstream in(path);
     if (!in) {
         std::fprintf(stderr, "loadgen: %s: cannot open: %s\n", path.c_str(),
@@ -453,11 +517,11 @@ std::optional<std::vector<Credential>> read_tokens(const std::string& path, size
         const size_t token_end = line.find_first_of(" \t\r", token_at);
         creds.push_back({line.substr(0, space), line.substr(token_at, token_end - token_at)});
     }
-    if (creds.size() < want) {
+    if (creds.size() < need) {
         std::fprintf(stderr,
-                     "loadgen: %s: need %zu 'name token' lines (N senders, then N "
-                     "receivers), found %zu\n",
-                     path.c_str(), want, creds.size());
+                     "loadgen: %s: need %zu 'name token' lines (senders, then receivers), "
+                     "found %zu\n",
+                     path.c_str(), need, creds.size());
         return std::nullopt;
     }
     return creds;
@@ -558,7 +622,9 @@ struct Conn {
     size_t index = 0;  // pair number
     std::string name;  // our principal
     std::string token; // our credential
-    std::string peer;  // sender: the receiver's principal id
+    std::string peer;  // sender: the receiver's principal id, or "#group"
+    std::string device = "bench";
+    bool resume_head = true; // false: a new device replays the whole stored log
     Fd fd;
     ConnState state = ConnState::connecting;
     std::string expected_accept;
@@ -597,22 +663,43 @@ struct Counters {
 class LoadGen {
   public:
     LoadGen(Options opt, std::vector<Credential> creds) : opt_(std::move(opt)) {
-        const size_t n = opt_.pairs;
-        conns_.resize(2 * n);
+        const bool group = !opt_.group.empty();
+        const bool idle = opt_.mode == "idle";
+        // Credentials: senders first, then receivers (idle: any number, reused).
+        senders_ = idle ? 0 : group ? 1 : opt_.pairs;
+        receivers_ = idle ? opt_.conns : group ? opt_.members : opt_.pairs;
+        fanout_ = group ? opt_.members : 1;
         uint64_t ring_size = 1;
         while (ring_size < 2ull * opt_.window)
             ring_size <<= 1;
-        for (size_t i = 0; i < 2 * n; ++i) {
-            Conn& c = conns_[i];
-            c.role = i < n ? Role::sender : Role::receiver;
-            c.index = i % n;
-            c.name = creds[i].name;
-            c.token = creds[i].token;
-            c.in.resize(read_chunk);
-            if (c.role == Role::sender) {
-                c.peer = creds[n + i].name;
+        if (opt_.mode != "replay") {
+            for (size_t i = 0; i < senders_; ++i) {
+                Conn& c = conns_.emplace_back();
+                c.role = Role::sender;
+                c.index = i;
+                c.name = creds[i].name;
+                c.token = creds[i].token;
+                c.peer = group ? "#" + opt_.group : creds[senders_ + i].name;
                 c.ring.resize(ring_size);
                 c.ring_mask = ring_size - 1;
+                c.in.resize(read_chunk);
+            }
+        }
+        if (opt_.mode != "fill") {
+            for (size_t i = 0; i < receivers_; ++i) {
+                Conn& c = conns_.emplace_back();
+                c.role = Role::receiver;
+                c.index = i;
+                const Credential& cred = idle ? creds[i % creds.size()] : creds[senders_ + i];
+                c.name = cred.name;
+                c.token = cred.token;
+                if (idle) {
+                    c.device = "idle" + std::to_string(i / creds.size());
+                } else if (opt_.mode == "replay") {
+                    c.device = "replay";
+                    c.resume_head = false;
+                }
+                c.in.resize(idle ? idle_read_chunk : read_chunk);
             }
         }
         padding_.assign(opt_.body_bytes, 'x');
@@ -626,6 +713,7 @@ class LoadGen {
   private:
     // setup
     bool open_all();
+    bool open_one(size_t i);
     void on_connected(Conn& c);
     void on_upgrade_response(Conn& c);
     // I/O
@@ -655,6 +743,11 @@ class LoadGen {
 
     Options opt_;
     std::vector<Conn> conns_;
+    size_t senders_ = 0, receivers_ = 0;
+    uint64_t fanout_ = 1; // deliveries per acked send
+    size_t opened_ = 0;   // conns_[0, opened_) have a socket
+    int64_t synced_ns_ = 0; // the last `synced` (replay: the end of the replay)
+    std::optional<int64_t> rss_before_kb_, rss_after_kb_, tcp_pages_before_, tcp_pages_after_;
     Fd epoll_;
     Rng rng_;
     std::string padding_;
@@ -689,33 +782,48 @@ bool LoadGen::open_all() {
         std::fprintf(stderr, "loadgen: epoll_create1: %s\n", errno_text(errno).c_str());
         return false;
     }
+    return true;
+}
+
+// Connections open a few hundred at a time (run() calls this as handshakes finish), so that
+// 20,000 of them do not overflow the listen backlog.
+bool LoadGen::open_one(size_t i) {
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_port = htons(uint16_t(opt_.port));
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK); // loopback only, by design
-    for (size_t i = 0; i < conns_.size(); ++i) {
-        Conn& c = conns_[i];
-        c.fd = Fd(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-        if (!c.fd) {
-            std::fprintf(stderr, "loadgen: socket: %s (raise ulimit -n?)\n",
-                         errno_text(errno).c_str());
+    Conn& c = conns_[i];
+    c.fd = Fd(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!c.fd) {
+        setup_failure_ = "socket: " + errno_text(errno) + " (raise ulimit -n?) after " +
+                         std::to_string(i) + " connections";
+        return false;
+    }
+    const int one = 1;
+    setsockopt(c.fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (opt_.sources > 1) {
+        // Source 127.0.0.(1 + i mod K): K x the ephemeral port range to choose from.
+        setsockopt(c.fd.get(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        sockaddr_in src{};
+        src.sin_family = AF_INET;
+        src.sin_addr.s_addr = htonl(INADDR_LOOPBACK + uint32_t(i % opt_.sources));
+        if (bind(c.fd.get(), reinterpret_cast<const sockaddr*>(&src), sizeof src) != 0) {
+            setup_failure_ = "bind 127.0.0.x: " + errno_text(errno);
             return false;
         }
-        const int one = 1;
-        setsockopt(c.fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (connect(c.fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 &&
-            errno != EINPROGRESS) {
-            std::fprintf(stderr, "loadgen: connect 127.0.0.1:%d: %s\n", opt_.port,
-                         errno_text(errno).c_str());
-            return false;
-        }
-        epoll_event ev{};
-        ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-        ev.data.u64 = i;
-        if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c.fd.get(), &ev) != 0) {
-            std::fprintf(stderr, "loadgen: epoll_ctl: %s\n", errno_text(errno).c_str());
-            return false;
-        }
+    }
+    if (connect(c.fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 &&
+        errno != EINPROGRESS) {
+        setup_failure_ = "connect 127.0.0.1:" + std::to_string(opt_.port) + ": " +
+                         errno_text(errno) + " after " + std::to_string(i) + " connections";
+        return false;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.data.u64 = i;
+    if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c.fd.get(), &ev) != 0) {
+        setup_failure_ = "epoll_ctl: " + errno_text(errno);
+        return false;
     }
     return true;
 }
@@ -831,7 +939,9 @@ void LoadGen::on_upgrade_response(Conn& c) {
     scratch_.clear();
     scratch_ += R"({"type":"hello","token":)";
     append_json_string(scratch_, c.token);
-    scratch_ += R"(,"device":"bench","resume":"head"})";
+    scratch_ += R"(,"device":)";
+    append_json_string(scratch_, c.device);
+    scratch_ += c.resume_head ? R"(,"resume":"head"})" : "}";
     queue_frame(c, 0x1, scratch_);
     parse_frames(c);
 }
@@ -952,7 +1062,7 @@ void LoadGen::on_event(Conn& c, uint32_t events) {
 void LoadGen::read_available(Conn& c) {
     // Edge-triggered: read until EAGAIN, parsing after each read to keep the buffer small.
     while (c.state != ConnState::dead) {
-        if (c.in.size() - c.in_len < read_chunk / 4)
+        if (c.in.size() - c.in_len < c.in.size() / 4)
             c.in.resize(c.in.size() * 2);
         const ssize_t n = ::read(c.fd.get(), c.in.data() + c.in_len, c.in.size() - c.in_len);
         if (n > 0) {
@@ -1181,6 +1291,7 @@ void LoadGen::on_text(Conn& c, std::string_view text) {
         if (c.state == ConnState::welcomed) {
             c.state = ConnState::ready;
             ++ready_count_;
+            synced_ns_ = now;
         }
     } else {
         count_error("client:unexpected_type");
@@ -1242,8 +1353,8 @@ void LoadGen::send_receiver_ack(Conn& c) {
 // after traffic starts. The i/N phase spreads the senders evenly instead of firing all N at
 // once; a stalled daemon lets a sender fall behind by at most --window messages.
 int64_t LoadGen::paced_due_ns(const Conn& c) const {
-    const double per_sender_rate = opt_.rate / double(opt_.pairs);
-    const double slot = double(c.next_ref) + double(c.index) / double(opt_.pairs);
+    const double per_sender_rate = opt_.rate / double(senders_);
+    const double slot = double(c.next_ref) + double(c.index) / double(senders_);
     return traffic_start_ns_ + int64_t(slot * 1e9 / per_sender_rate);
 }
 
@@ -1251,6 +1362,8 @@ void LoadGen::pump_sender(Conn& c, int64_t now) {
     if (c.state != ConnState::ready)
         return;
     while (c.inflight < opt_.window) {
+        if (opt_.count > 0 && total_.sent >= opt_.count)
+            break;
         if (opt_.rate > 0 && now < paced_due_ns(c))
             break;
         InflightSlot& slot = c.ring[c.next_ref & c.ring_mask];
@@ -1291,6 +1404,11 @@ void LoadGen::enter_running(int64_t now) {
 
 void LoadGen::sample_window_start() {
     window_started_ = true;
+    if (opt_.mode == "idle" && opt_.server_pid) {
+        // Every connection is up and has settled for --warmup-s.
+        rss_after_kb_ = proc_status_kb(opt_.server_pid, "VmRSS");
+        tcp_pages_after_ = tcp_mem_pages();
+    }
     self_cpu_start_ = self_cpu_s();
     if (opt_.server_pid)
         server_cpu_start_ = proc_cpu_s(opt_.server_pid);
@@ -1313,9 +1431,16 @@ void LoadGen::sample_window_end() {
 }
 
 int LoadGen::run() {
+    if (opt_.mode == "idle" && opt_.server_pid) {
+        rss_before_kb_ = proc_status_kb(opt_.server_pid, "VmRSS");
+        tcp_pages_before_ = tcp_mem_pages();
+    }
     start_ns_ = now_ns();
+    const double setup_s = setup_allowance_s(opt_);
+    const int64_t setup_timeout_ns = int64_t(setup_s * 1e9);
     const int64_t hard_deadline_ns =
-        start_ns_ + int64_t((opt_.warmup_s + opt_.duration_s + double(hard_slack_s)) * 1e9);
+        start_ns_ +
+        int64_t((opt_.warmup_s + opt_.duration_s + setup_s + double(hard_slack_s)) * 1e9);
     if (!open_all())
         return 1;
     int64_t drain_deadline_ns = 0, close_deadline_ns = 0;
@@ -1325,10 +1450,19 @@ int LoadGen::run() {
         int64_t now = now_ns();
         // Phase transitions, each bounded by a deadline.
         if (phase_ == Phase::setup) {
+            while (!setup_failed_ && opened_ < conns_.size() &&
+                   opened_ - ready_count_ < max_connecting) {
+                if (!open_one(opened_)) {
+                    setup_failed_ = true;
+                    count_error("client:open_failed");
+                }
+                ++opened_;
+            }
             if (setup_failed_ || now - start_ns_ > setup_timeout_ns) {
                 if (!setup_failed_) {
                     setup_failed_ = true;
-                    setup_failure_ = "timed out after 5 s waiting for welcome+synced on " +
+                    setup_failure_ = "timed out after " + std::to_string(int(setup_s)) +
+                                     " s waiting for welcome+synced on " +
                                      std::to_string(conns_.size() - ready_count_) + " of " +
                                      std::to_string(conns_.size()) + " connections";
                     count_error("client:setup_timeout");
@@ -1337,6 +1471,22 @@ int LoadGen::run() {
                 close_deadline_ns = now + close_timeout_ns;
                 for (Conn& c : conns_)
                     begin_close(c, 1000);
+            } else if (ready_count_ == conns_.size() && opt_.mode == "replay") {
+                // The replay is over when the last device got `synced`.
+                window_started_ = window_ended_ = true;
+                window_start_ns_ = start_ns_;
+                measured_s_ = double(synced_ns_ - start_ns_) / 1e9;
+                window_.delivered = total_.delivered;
+                if (opt_.server_pid) {
+                    server_rss_kb_ = proc_status_kb(opt_.server_pid, "VmRSS");
+                    server_hwm_kb_ = proc_status_kb(opt_.server_pid, "VmHWM");
+                }
+                phase_ = Phase::closing;
+                close_deadline_ns = now + close_timeout_ns;
+                for (Conn& c : conns_) {
+                    send_receiver_ack(c);
+                    begin_close(c, 1000);
+                }
             } else if (ready_count_ == conns_.size()) {
                 enter_running(now);
             }
@@ -1344,7 +1494,10 @@ int LoadGen::run() {
         if (phase_ == Phase::running) {
             if (!window_started_ && now >= window_start_ns_)
                 sample_window_start();
-            if (now >= window_end_ns_) {
+            const bool count_done = opt_.count > 0 && total_.acked >= opt_.count;
+            if (now >= window_end_ns_ || count_done) {
+                if (count_done)
+                    window_end_ns_ = now;
                 if (!window_started_)
                     sample_window_start();
                 sample_window_end();
@@ -1353,7 +1506,7 @@ int LoadGen::run() {
             }
         }
         if (phase_ == Phase::draining) {
-            bool idle = total_.delivered >= total_.acked;
+            bool idle = opt_.mode == "fill" || total_.delivered >= total_.acked * fanout_;
             for (const Conn& c : conns_) {
                 // Only a live sender can still get acks; a closed one keeps its count.
                 idle = idle && (c.inflight == 0 || c.state != ConnState::ready);
@@ -1453,7 +1606,8 @@ void LoadGen::report() const {
     uint64_t unacked = 0;
     for (const Conn& c : conns_)
         unacked += c.inflight;
-    const int64_t undelivered = int64_t(total_.acked) - int64_t(total_.delivered);
+    const int64_t undelivered =
+        opt_.mode == "pairs" ? int64_t(total_.acked * fanout_) - int64_t(total_.delivered) : 0;
 
     auto num = [](double v, int decimals) {
         if (std::isnan(v))
@@ -1482,7 +1636,22 @@ void LoadGen::report() const {
             j += ",\"failure\":";
             append_json_string(j, setup_failure_);
         }
-        j += ",\"pairs\":" + std::to_string(opt_.pairs);
+        j += ",\"broker\":\"meshd\",\"mode\":";
+        append_json_string(j, opt_.group.empty() ? opt_.mode : std::string("fanout"));
+        j += ",\"pairs\":" + std::to_string(senders_);
+        j += ",\"members\":" + std::to_string(opt_.members);
+        j += ",\"acks_per_s\":" + num(setup_failed_ ? 0 : double(window_.acked) / secs, 1);
+        if (opt_.mode == "idle") {
+            auto opt_int = [](const std::optional<int64_t>& v) {
+                return v ? std::to_string(*v) : std::string("null");
+            };
+            j += ",\"conns\":" + std::to_string(ready_count_);
+            j += ",\"rss_before_kb\":" + opt_int(rss_before_kb_);
+            j += ",\"rss_after_kb\":" + opt_int(rss_after_kb_);
+            j += ",\"tcp_mem_pages_before\":" + opt_int(tcp_pages_before_);
+            j += ",\"tcp_mem_pages_after\":" + opt_int(tcp_pages_after_);
+            j += ",\"page_bytes\":" + std::to_string(sysconf(_SC_PAGESIZE));
+        }
         j += ",\"window\":" + std::to_string(opt_.window);
         j += ",\"rate\":" + num(opt_.rate, 0);
         j += ",\"body_bytes\":" + std::to_string(opt_.body_bytes);
@@ -1582,13 +1751,17 @@ int main(int argc, char** argv) {
         usage(stdout);
         return 0;
     }
-    auto creds = read_tokens(opt->tokens_path, 2 * opt->pairs);
+    const size_t need = opt->mode == "idle" ? 1
+                        : opt->group.empty() ? 2 * opt->pairs
+                                             : 1 + opt->members;
+    auto creds = read_tokens(opt->tokens_path, opt->mode == "idle" ? opt->conns : need, need);
     if (!creds)
         return 2;
     signal(SIGPIPE, SIG_IGN);
     // Backstop only: the loop's own deadlines end it sooner. alarm() is whole seconds.
     signal(SIGALRM, on_hard_deadline);
-    alarm(unsigned(std::ceil(opt->warmup_s + opt->duration_s)) + unsigned(hard_slack_s));
+    alarm(unsigned(std::ceil(opt->warmup_s + opt->duration_s + setup_allowance_s(*opt))) +
+          unsigned(hard_slack_s));
     LoadGen gen(std::move(*opt), std::move(*creds));
     return gen.run();
 }
