@@ -231,6 +231,40 @@ CheckOutcome ModuleSet::check(const store::Principal& sender, std::string_view t
     return outcome;
 }
 
+CheckOutcome ModuleSet::accept(std::string_view remote_ip) {
+    meshd_accept_request req{};
+    req.remote_ip = remote_ip.data();
+    req.remote_ip_len = remote_ip.size();
+    CheckOutcome outcome;
+    for (const auto& m : modules_) {
+        if (!m->desc->accept)
+            continue;
+        meshd_check_result res{};
+        if (m->desc->accept(m->state, &req, &res) != MESHD_DENY)
+            continue;
+        outcome.ok = false;
+        outcome.code = res.code ? res.code : "rate_limited";
+        outcome.message = res.message ? res.message : "connection refused by module " + m->name;
+        outcome.retry_after_ms = res.retry_after_ms;
+        return outcome;
+    }
+    return outcome;
+}
+
+void ModuleSet::auth_failed(std::string_view remote_ip, std::string_view claimed_id,
+                            std::string_view message) {
+    std::string text(message); // the ABI hands it NUL-terminated
+    meshd_auth_failure ev{};
+    ev.remote_ip = remote_ip.data();
+    ev.remote_ip_len = remote_ip.size();
+    ev.claimed_id = claimed_id.data();
+    ev.claimed_id_len = claimed_id.size();
+    ev.message = text.c_str();
+    for (const auto& m : modules_)
+        if (m->desc->auth_failed)
+            m->desc->auth_failed(m->state, &ev);
+}
+
 void ModuleSet::stored(const store::Principal& recipient, std::string_view sender, int64_t seq,
                        bool has_live_device) {
     meshd_stored_event ev{};
