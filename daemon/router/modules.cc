@@ -39,6 +39,9 @@ struct LoadedModule {
     store::Store* store = nullptr;
     uv_loop_t* loop = nullptr;
     core::ModuleTable table;
+    // While its reload hook runs: what the module logs at warn or error, to tell the user why
+    // it refused.
+    std::string* log_capture = nullptr;
 };
 
 namespace {
@@ -302,18 +305,41 @@ void ModuleSet::tick(int64_t now_ms) {
             m->desc->tick(m->state, now_ms);
 }
 
-void ModuleSet::reload(const core::Config& config) {
+core::Result<void> ModuleSet::reload(const core::Config& config) {
+    // All or nothing: a module that refuses keeps its old table, and the modules switched
+    // before it get theirs back (and re-read them), so a refused reload changes nothing.
+    std::vector<std::pair<LoadedModule*, core::ModuleTable>> switched;
     for (const auto& m : modules_) {
         core::ModuleTable table;
         if (auto it = config.module_tables.find(m->name); it != config.module_tables.end())
             table = it->second;
         core::ModuleTable old = std::move(m->table);
         m->table = std::move(table);
-        if (m->desc->reload && m->desc->reload(m->state) != 0) {
-            m->table = std::move(old);
-            MESHD_LOG(warn, "module.reload_refused", "name=%s", m->name.c_str());
+        std::string why;
+        int rc = 0;
+        if (m->desc->reload) {
+            m->log_capture = &why;
+            rc = m->desc->reload(m->state);
+            m->log_capture = nullptr;
         }
+        if (rc == 0) {
+            switched.emplace_back(m.get(), std::move(old));
+            continue;
+        }
+        m->table = std::move(old);
+        if (why.empty())
+            why = "it gave no reason (see its log lines)";
+        MESHD_LOG(warn, "module.reload_refused", "name=%s message=%s", m->name.c_str(),
+                  core::log_value(why).c_str());
+        for (auto it = switched.rbegin(); it != switched.rend(); ++it) {
+            it->first->table = std::move(it->second);
+            if (it->first->desc->reload && it->first->desc->reload(it->first->state) != 0)
+                MESHD_LOG(error, "module.reload_undo_failed", "name=%s", it->first->name.c_str());
+        }
+        return core::make_error("bad_config", "module " + m->name + " refused its new [" + m->name +
+                                                  "] section: " + why);
     }
+    return {};
 }
 
 } // namespace meshd::router
@@ -354,6 +380,12 @@ MESHD_EXPORT void meshd_host_log(meshd_host* host, meshd_log_level level, const 
                  : level == MESHD_LOG_INFO ? LogLevel::info
                  : level == MESHD_LOG_WARN ? LogLevel::warn
                                            : LogLevel::error;
+    if (host && host->module->log_capture && message && l >= LogLevel::warn) {
+        std::string& capture = *host->module->log_capture;
+        if (!capture.empty())
+            capture += "; ";
+        capture += message;
+    }
     if (!meshd::core::log_enabled(l))
         return;
     std::string fields = "module=";

@@ -77,8 +77,10 @@ class ModuleSet {
     void session_event(bool connect, const store::Principal& p, std::string_view device,
                        std::string_view session);
     void tick(int64_t now_ms);
-    // Hands the new config's module tables to the modules and calls their reload hooks.
-    void reload(const core::Config& config);
+    // Hands the new config's module tables to the modules and calls their reload hooks. If
+    // one refuses, every module is left with (and re-reads) its old table, and the error
+    // names the module with what it logged (warn or error) during its reload hook.
+    core::Result<void> reload(const core::Config& config);
 
   private:
     ModuleSet() = default;
