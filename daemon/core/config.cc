@@ -878,6 +878,68 @@ const std::vector<KeyInfo>& config_keys() {
     return keys;
 }
 
+namespace {
+
+bool same_module_value(const ModuleValue& a, const ModuleValue& b) {
+    using Type = ModuleValue::Type;
+    auto number = [](const ModuleValue& v) {
+        return v.type == Type::floating ? v.floating : static_cast<double>(v.integer);
+    };
+    bool a_number = a.type == Type::integer || a.type == Type::floating;
+    bool b_number = b.type == Type::integer || b.type == Type::floating;
+    if (a_number && b_number && a.type != b.type) // 5 and 5.0 are the same number
+        return number(a) == number(b);
+    if (a.type != b.type)
+        return false;
+    switch (a.type) {
+    case Type::integer:
+        return a.integer == b.integer;
+    case Type::boolean:
+        return a.boolean == b.boolean;
+    case Type::string:
+        return a.string == b.string;
+    case Type::floating:
+        return a.floating == b.floating;
+    case Type::other:
+        return true;
+    }
+    return true;
+}
+
+// Keys of module sections that were added, removed or changed, as NAME.key. They count as
+// applied: reload hands each module its new section (a module's reload hook may refuse it,
+// and then the whole reload is refused).
+void diff_module_tables(const Config& before, const Config& after, ConfigDiff& diff) {
+    static const ModuleTable empty;
+    std::vector<std::string> names;
+    for (const auto& [name, table] : before.module_tables)
+        names.push_back(name);
+    for (const auto& [name, table] : after.module_tables)
+        if (!before.module_tables.contains(name))
+            names.push_back(name);
+    std::sort(names.begin(), names.end());
+    for (const std::string& name : names) {
+        auto b = before.module_tables.find(name);
+        auto a = after.module_tables.find(name);
+        const ModuleTable& old_table = b == before.module_tables.end() ? empty : b->second;
+        const ModuleTable& new_table = a == after.module_tables.end() ? empty : a->second;
+        std::vector<std::string> keys;
+        for (const auto& [key, value] : old_table) {
+            auto it = new_table.find(key);
+            if (it == new_table.end() || !same_module_value(value, it->second))
+                keys.push_back(key);
+        }
+        for (const auto& [key, value] : new_table)
+            if (!old_table.contains(key))
+                keys.push_back(key);
+        std::sort(keys.begin(), keys.end());
+        for (const std::string& key : keys)
+            diff.applied.push_back(name + "." + key);
+    }
+}
+
+} // namespace
+
 ConfigDiff diff_config(const Config& before, const Config& after) {
     ConfigDiff diff;
     for (const KeySpec& k : key_table) {
@@ -885,6 +947,7 @@ ConfigDiff diff_config(const Config& before, const Config& after) {
             continue;
         (k.reloadable ? diff.applied : diff.restart_required).push_back(std::string(k.name));
     }
+    diff_module_tables(before, after, diff);
     return diff;
 }
 

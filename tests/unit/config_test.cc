@@ -672,6 +672,26 @@ TEST(ConfigDiff, EveryKeyIsCompared) {
                            "limits.ping_interval_ms", "storage.dedupe_window_s", "log.level"}));
 }
 
+TEST(ConfigDiff, ModuleKeysAddedRemovedOrChangedAreApplied) {
+    const std::string load = "[modules]\nload = [\"auth_token\", \"ratelimit\"]\n";
+    Config before = parse_ok(load + "[ratelimit]\nsend_rate = 5\nsend_burst = 10.0\n"
+                                    "dry_run = false\n[auth_token]\nx = \"a\"\n");
+    Config same = parse_ok(load + "[auth_token]\nx = \"a\"\n[ratelimit]\ndry_run = false\n"
+                                  "send_burst = 10.0\nsend_rate = 5\n");
+    EXPECT_TRUE(diff_config(before, same).applied.empty());
+    Config after = parse_ok(load + "[ratelimit]\nsend_rate = 5.0\nconnect_rate = 1\n"
+                                   "dry_run = true\nsend_burst = 10\n[auth_token]\nx = \"b\"\n");
+    ConfigDiff d = diff_config(before, after);
+    // 5 -> 5.0 and 10.0 -> 10 are the same numbers; connect_rate added, dry_run and x changed.
+    EXPECT_EQ(d.applied, (std::vector<std::string>{"auth_token.x", "ratelimit.connect_rate",
+                                                   "ratelimit.dry_run"}));
+    Config removed = parse_ok(load + "[ratelimit]\nsend_rate = 5\n");
+    EXPECT_EQ(diff_config(before, removed).applied,
+              (std::vector<std::string>{"auth_token.x", "ratelimit.dry_run",
+                                        "ratelimit.send_burst"}));
+    EXPECT_TRUE(d.restart_required.empty());
+}
+
 TEST(ConfigDiff, ListenTextDoesNotMatterOnlyTheAddress) {
     Config a = parse_ok("[server]\nlisten = [\"127.0.0.1:7700\"]\n");
     Config b = parse_ok("[server]\nlisten = [\"127.0.0.1:07700\"]\n");
