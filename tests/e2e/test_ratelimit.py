@@ -289,7 +289,6 @@ async def test_reload_changes_limits_without_dropping_connections():
             assert err["code"] == "bad_config", err
             for w in words:
                 assert w in err["message"], f"reload error should name {w!r}: {err}"
-            assert "nothing was changed" in err["message"], err
             await send_refused("d-" + str(bad["send_rate"]), 10000, body="x" * 5000)
         assert m.running()
 
