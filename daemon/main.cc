@@ -153,11 +153,15 @@ class Daemon {
             applied.applied.push_back(k);
         for (auto& k : module_diff.value().restart_required)
             since_start.restart_required.push_back(k);
+        // Modules first: one that refuses its new section leaves everything as it was.
+        if (auto r = modules_->reload(next); !r)
+            return core::make_error(r.error().code, r.error().message +
+                                                        "; nothing was changed: fix the file and "
+                                                        "run meshctl reload again");
         core::log_set_level(next.log_level);
         broker_->apply_limits(session::BrokerLimits::from(next));
         ws_->set_max_frame(static_cast<size_t>(next.max_frame));
         store_->set_dedupe_window_s(next.dedupe_window_s);
-        modules_->reload(next);
         config_ = std::move(loaded.config);
         core::ConfigDiff result{applied.applied, since_start.restart_required};
         std::string applied_text = join(result.applied, ",");

@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <cerrno>
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
@@ -902,7 +903,7 @@ std::string_view describe(ModuleKeySpec::Type type) {
 }
 
 std::string number_text(double v, bool integer) {
-    if (integer)
+    if (integer || (v == std::floor(v) && std::fabs(v) < 1e15))
         return std::to_string(static_cast<long long>(v));
     char buf[32];
     std::snprintf(buf, sizeof buf, "%g", v);
@@ -910,6 +911,32 @@ std::string number_text(double v, bool integer) {
 }
 
 } // namespace
+
+bool same_module_value(const ModuleValue& a, const ModuleValue& b) {
+    using Type = ModuleValue::Type;
+    auto number = [](const ModuleValue& v) {
+        return v.type == Type::floating ? v.floating : static_cast<double>(v.integer);
+    };
+    bool a_number = a.type == Type::integer || a.type == Type::floating;
+    bool b_number = b.type == Type::integer || b.type == Type::floating;
+    if (a_number && b_number && a.type != b.type) // 5 and 5.0 are the same number
+        return number(a) == number(b);
+    if (a.type != b.type)
+        return false;
+    switch (a.type) {
+    case Type::integer:
+        return a.integer == b.integer;
+    case Type::boolean:
+        return a.boolean == b.boolean;
+    case Type::string:
+        return a.string == b.string;
+    case Type::floating:
+        return a.floating == b.floating;
+    case Type::other:
+        return true;
+    }
+    return true;
+}
 
 void check_module_table(const std::string& config_path, std::string_view module,
                         const ModuleTable& table, const std::vector<ModuleKeySpec>& keys,

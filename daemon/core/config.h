@@ -117,6 +117,9 @@ struct ModuleKeySpec {
     std::string help;
 };
 
+// Equal as settings: the same type and value, where 5 and 5.0 are the same number.
+bool same_module_value(const ModuleValue& a, const ModuleValue& b);
+
 // Checks module `module`'s table (as read from config_path) against the keys it declares:
 // unknown keys (with a did-you-mean), wrong types and out-of-range values, as positioned
 // errors like the core's. Appends to errors.

@@ -7,6 +7,7 @@
 #include "core/names.h"
 #include "meshd_build.h"
 
+#include <algorithm>
 #include <cstring>
 #include <dlfcn.h>
 #include <optional>
@@ -39,8 +40,11 @@ struct LoadedModule {
     meshd_host host{};
     store::Store* store = nullptr;
     uv_loop_t* loop = nullptr;
-    core::ModuleTable table;            // what the module sees now
+    core::ModuleTable table;               // what the module sees now
     std::vector<core::ModuleKeySpec> keys; // what it declares
+    // While its reload hook runs: what the module logs at warn or error, to tell the user why
+    // it refused.
+    std::string* log_capture = nullptr;
 };
 
 namespace {
@@ -299,6 +303,40 @@ CheckOutcome ModuleSet::check(const store::Principal& sender, std::string_view t
     return outcome;
 }
 
+CheckOutcome ModuleSet::accept(std::string_view remote_ip) {
+    meshd_accept_request req{};
+    req.remote_ip = remote_ip.data();
+    req.remote_ip_len = remote_ip.size();
+    CheckOutcome outcome;
+    for (const auto& m : modules_) {
+        if (!m->desc->accept)
+            continue;
+        meshd_check_result res{};
+        if (m->desc->accept(m->state, &req, &res) != MESHD_DENY)
+            continue;
+        outcome.ok = false;
+        outcome.code = res.code ? res.code : "rate_limited";
+        outcome.message = res.message ? res.message : "connection refused by module " + m->name;
+        outcome.retry_after_ms = res.retry_after_ms;
+        return outcome;
+    }
+    return outcome;
+}
+
+void ModuleSet::auth_failed(std::string_view remote_ip, std::string_view claimed_id,
+                            std::string_view message) {
+    std::string text(message); // the ABI hands it NUL-terminated
+    meshd_auth_failure ev{};
+    ev.remote_ip = remote_ip.data();
+    ev.remote_ip_len = remote_ip.size();
+    ev.claimed_id = claimed_id.data();
+    ev.claimed_id_len = claimed_id.size();
+    ev.message = text.c_str();
+    for (const auto& m : modules_)
+        if (m->desc->auth_failed)
+            m->desc->auth_failed(m->state, &ev);
+}
+
 void ModuleSet::stored(const store::Principal& recipient, std::string_view sender, int64_t seq,
                        bool has_live_device) {
     meshd_stored_event ev{};
@@ -346,7 +384,7 @@ core::Result<core::ConfigDiff> ModuleSet::prepare_reload(const core::Config& con
             auto a = m->table.find(k.name);
             auto b = next.find(k.name);
             bool same = (a == m->table.end()) == (b == next.end()) &&
-                        (a == m->table.end() || a->second == b->second);
+                        (a == m->table.end() || core::same_module_value(a->second, b->second));
             if (!same)
                 (k.reloadable ? diff.applied : diff.restart_required)
                     .push_back(m->name + "." + k.name);
@@ -354,10 +392,15 @@ core::Result<core::ConfigDiff> ModuleSet::prepare_reload(const core::Config& con
     }
     if (!errors.empty())
         return core::make_error("bad_config", error_lines(errors));
+    std::sort(diff.applied.begin(), diff.applied.end());
+    std::sort(diff.restart_required.begin(), diff.restart_required.end());
     return diff;
 }
 
-void ModuleSet::reload(const core::Config& config) {
+core::Result<void> ModuleSet::reload(const core::Config& config) {
+    // All or nothing: a module that refuses keeps its old table, and the modules switched
+    // before it get theirs back (and re-read them), so a refused reload changes nothing.
+    std::vector<std::pair<LoadedModule*, core::ModuleTable>> switched;
     for (const auto& m : modules_) {
         // Reloadable keys take their new values; the others keep the running ones.
         core::ModuleTable table = table_of(config, m->name);
@@ -370,11 +413,31 @@ void ModuleSet::reload(const core::Config& config) {
         }
         core::ModuleTable old = std::move(m->table);
         m->table = std::move(table);
-        if (m->desc->reload && m->desc->reload(m->state) != 0) {
-            m->table = std::move(old);
-            MESHD_LOG(warn, "module.reload_refused", "name=%s", m->name.c_str());
+        std::string why;
+        int rc = 0;
+        if (m->desc->reload) {
+            m->log_capture = &why;
+            rc = m->desc->reload(m->state);
+            m->log_capture = nullptr;
         }
+        if (rc == 0) {
+            switched.emplace_back(m.get(), std::move(old));
+            continue;
+        }
+        m->table = std::move(old);
+        if (why.empty())
+            why = "it gave no reason (see its log lines)";
+        MESHD_LOG(warn, "module.reload_refused", "name=%s message=%s", m->name.c_str(),
+                  core::log_value(why).c_str());
+        for (auto it = switched.rbegin(); it != switched.rend(); ++it) {
+            it->first->table = std::move(it->second);
+            if (it->first->desc->reload && it->first->desc->reload(it->first->state) != 0)
+                MESHD_LOG(error, "module.reload_undo_failed", "name=%s", it->first->name.c_str());
+        }
+        return core::make_error("bad_config", "module " + m->name + " refused its new [" + m->name +
+                                                  "] section: " + why);
     }
+    return {};
 }
 
 } // namespace meshd::router
@@ -415,6 +478,12 @@ MESHD_EXPORT void meshd_host_log(meshd_host* host, meshd_log_level level, const 
                  : level == MESHD_LOG_INFO ? LogLevel::info
                  : level == MESHD_LOG_WARN ? LogLevel::warn
                                            : LogLevel::error;
+    if (host && host->module->log_capture && message && l >= LogLevel::warn) {
+        std::string& capture = *host->module->log_capture;
+        if (!capture.empty())
+            capture += "; ";
+        capture += message;
+    }
     if (!meshd::core::log_enabled(l))
         return;
     std::string fields = "module=";

@@ -1,8 +1,9 @@
 // router/modules: loading dlopen modules and asking them for verdicts.
 //
 // A module is `<modules.dir>/<name>.so` exporting meshd_module_abi() and meshd_module_get()
-// (include/meshd/module.h). Modules are asked in `modules.load` order; for auth, route and
-// check the first verdict other than PASS decides. Every hook runs on the loop thread.
+// (include/meshd/module.h). Modules are asked in `modules.load` order; for auth, route, check
+// and accept the first verdict other than PASS decides; auth_failed, stored, connect and
+// disconnect go to every module that has the hook. Every hook runs on the loop thread.
 #pragma once
 
 #include "core/config.h"
@@ -68,6 +69,12 @@ class ModuleSet {
                        std::vector<store::Principal*>& recipients, std::string& canonical_to);
     CheckOutcome check(const store::Principal& sender, std::string_view to, std::string_view body,
                        size_t recipients);
+    // A connection from remote_ip (no port) was opened; the first DENY refuses it. The code
+    // defaults to rate_limited.
+    CheckOutcome accept(std::string_view remote_ip);
+    // A hello or auth from remote_ip was refused; every module with the hook is told.
+    void auth_failed(std::string_view remote_ip, std::string_view claimed_id,
+                     std::string_view message);
     bool wants_stored() const { return has_stored_; }
     void stored(const store::Principal& recipient, std::string_view sender, int64_t seq,
                 bool has_live_device);
@@ -78,8 +85,10 @@ class ModuleSet {
     // which keys changed ("ratelimit.send_rate"): reloadable ones are applied by reload(),
     // others keep their running value until a restart. Errors: code "bad_config".
     core::Result<core::ConfigDiff> prepare_reload(const core::Config& config) const;
-    // Hands the new config's module tables to the modules and calls their reload hooks.
-    void reload(const core::Config& config);
+    // Hands the new config's module tables to the modules and calls their reload hooks. If
+    // one refuses, every module is left with (and re-reads) its old table, and the error
+    // names the module with what it logged (warn or error) during its reload hook.
+    core::Result<void> reload(const core::Config& config);
 
   private:
     ModuleSet() = default;

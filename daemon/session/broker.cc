@@ -68,6 +68,7 @@ std::unique_ptr<Session> Broker::open_session(Link& link, std::string remote, st
     sessions_[s->conn_id()] = s.get();
     MESHD_LOG(debug, "conn.open", "conn=%llu remote=%s",
               static_cast<unsigned long long>(s->conn_id()), s->remote().c_str());
+    s->admit();
     return s;
 }
 

@@ -60,6 +60,27 @@ Session::~Session() {
     broker_.forget(*this);
 }
 
+std::string_view Session::remote_ip() const {
+    std::string_view r = remote_; // "1.2.3.4:5678" or "::1:5678" (IPv6 without brackets)
+    size_t colon = r.rfind(':');
+    return colon == std::string_view::npos ? r : r.substr(0, colon);
+}
+
+void Session::admit() {
+    router::CheckOutcome r = broker_.modules().accept(remote_ip());
+    if (r.ok)
+        return;
+    // debug: under a flood this is one line per connection; the module logs the aggregate.
+    MESHD_LOG(debug, "session.refused", "conn=%llu remote=%s code=%s message=%s",
+              static_cast<unsigned long long>(conn_id_), remote_.c_str(), r.code.c_str(),
+              core::log_value(r.message).c_str());
+    send_error(r.code, r.message, {}, false, r.retry_after_ms);
+    if (r.code == "rate_limited")
+        close(1013, "try again later", true);
+    else
+        close(1008, "connection refused", true);
+}
+
 void Session::queue_control(std::string frame) {
     control_bytes_ += frame.size();
     control_.push_back(std::move(frame));
@@ -176,8 +197,7 @@ void Session::handle_hello(const Frame& f) {
     if (!f.claimed_id.empty()) {
         auto c = core::canonical_principal(f.claimed_id);
         if (!c) {
-            send_error("unauthorized", "\"id\" is not a valid principal name", f.ref, f.has_ref);
-            close(1008, "unauthorized", true);
+            refuse_auth(f.claimed_id, "\"id\" is not a valid principal name", f.ref, f.has_ref);
             return;
         }
         claimed = std::move(*c);
@@ -185,11 +205,7 @@ void Session::handle_hello(const Frame& f) {
     std::string_view token = f.has_token ? f.token : std::string_view(bearer_);
     router::AuthOutcome auth = broker_.modules().auth(token, claimed, device, remote_);
     if (!auth.principal) {
-        MESHD_LOG(info, "session.auth_failed", "conn=%llu remote=%s message=%s",
-                  static_cast<unsigned long long>(conn_id_), remote_.c_str(),
-                  core::log_value(auth.message).c_str());
-        send_error("unauthorized", auth.message, f.ref, f.has_ref);
-        close(1008, "unauthorized", true);
+        refuse_auth(claimed, auth.message, f.ref, f.has_ref);
         return;
     }
     store::Principal& p = *auth.principal;
@@ -266,6 +282,18 @@ void Session::handle_hello(const Frame& f) {
               static_cast<unsigned long long>(conn_id_), p.name.c_str(), device_.c_str(),
               session_id_.c_str(), remote_.c_str());
     broker_.modules().session_event(true, p, device_, session_id_);
+}
+
+// Every refused hello or auth ends here: modules are told (failed-login limits), the client
+// gets unauthorized and close 1008.
+void Session::refuse_auth(std::string_view claimed_id, std::string_view message,
+                          std::string_view ref, bool has_ref) {
+    MESHD_LOG(info, "session.auth_failed", "conn=%llu remote=%s message=%s",
+              static_cast<unsigned long long>(conn_id_), remote_.c_str(),
+              core::log_value(message).c_str());
+    broker_.modules().auth_failed(remote_ip(), claimed_id, message);
+    send_error("unauthorized", message, ref, has_ref);
+    close(1008, "unauthorized", true);
 }
 
 void Session::handle_send(const Frame& f) {

@@ -69,6 +69,9 @@ class Session {
     void close(uint16_t code, std::string_view reason, bool flush = false);
 
     // ---- broker-facing ----
+    // Asks the accept hooks (rate limits) about the new connection, before anything is read;
+    // on a refusal the error frame is flushed, then close 1013 (rate_limited) or 1008.
+    void admit();
     void wake();                                 // new committed entries or acks may be ready
     void fail_pending(const core::Error& error); // the batch failed: un-ack its sends
     void tick(uint64_t now_ms);                  // timeouts and pings
@@ -81,6 +84,7 @@ class Session {
     const std::string& device() const { return device_; }
     const std::string& session_id() const { return session_id_; }
     const std::string& remote() const { return remote_; }
+    std::string_view remote_ip() const; // remote() without the port
     int64_t connected_ms() const { return connected_ms_; }
     int64_t next_seq() const { return next_seq_; }
     bool in_batch = false; // listed in the broker's pending sessions of this turn
@@ -94,6 +98,8 @@ class Session {
     };
 
     void handle_hello(const struct Frame& f);
+    void refuse_auth(std::string_view claimed_id, std::string_view message, std::string_view ref,
+                     bool has_ref);
     void handle_send(const struct Frame& f);
     void handle_ack(const struct Frame& f);
     void send_error(std::string_view code, std::string_view message, std::string_view ref,

@@ -208,7 +208,9 @@ typedef void (*meshd_http_cb)(void *state, const meshd_http_request *req,
                               meshd_http_response *resp);
 
 typedef void (*meshd_tick_cb)(void *state, int64_t now_ms);
-/* reload: the module's table was re-read; return 0 if applied, non-zero to keep the old one. */
+/* reload: the module's table was re-read; return 0 if applied, non-zero to keep the old one.
+ * What the module logs at MESHD_LOG_WARN or above during the call is shown to the user (by
+ * meshctl reload) as the reason. */
 typedef int (*meshd_reload_cb)(void *state);
 
 /* ---- config: the keys of the module's own TOML table ----------------------------------- */

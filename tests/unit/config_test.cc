@@ -674,7 +674,7 @@ TEST(ConfigModuleTables, ErrorsArePositionedAndSay) {
     EXPECT_EQ(e[0], "f.toml:4:12: unknown key m.send_rat (did you mean m.send_rate?)");
     EXPECT_EQ(e[1], "f.toml:5:14: m.send_burst must be an integer, got \"5\"");
     EXPECT_EQ(e[2], "f.toml:6:13: m.send_rate = -1 is out of range (sends per second): it must "
-                    "be 0..1e+06");
+                    "be 0..1000000");
     EXPECT_EQ(e[3], "f.toml:7:11: m.dry_run must be a boolean, got 1");
     EXPECT_EQ(e[4], "f.toml:9:5: unknown key m.sub.x: keys of [m] are send_rate, send_burst, "
                     "dry_run, listen");
@@ -730,6 +730,19 @@ TEST(ConfigDiff, EveryKeyIsCompared) {
                            "limits.max_frame", "limits.max_depth", "limits.max_queue",
                            "limits.max_inflight", "limits.max_devices", "limits.hello_timeout_ms",
                            "limits.ping_interval_ms", "storage.dedupe_window_s", "log.level"}));
+}
+
+TEST(ConfigModuleTables, SameValueTreatsIntegerAndFloatAlike) {
+    // Module key changes are found by ModuleSet::prepare_reload with this comparison.
+    Config c = parse_ok("[modules]\nload = [\"m\"]\n[m]\na = 5\nb = 5.0\nc = 5.5\nd = \"5\"\n"
+                        "e = true\nf = 1\n");
+    const ModuleTable& t = c.module_tables.at("m");
+    EXPECT_TRUE(same_module_value(t.at("a"), t.at("b")));
+    EXPECT_TRUE(same_module_value(t.at("b"), t.at("a")));
+    EXPECT_FALSE(same_module_value(t.at("a"), t.at("c")));
+    EXPECT_FALSE(same_module_value(t.at("a"), t.at("d")));
+    EXPECT_FALSE(same_module_value(t.at("e"), t.at("f")));
+    EXPECT_TRUE(same_module_value(t.at("e"), t.at("e")));
 }
 
 TEST(ConfigDiff, ListenTextDoesNotMatterOnlyTheAddress) {
