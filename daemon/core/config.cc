@@ -923,8 +923,10 @@ void check_module_table(const std::string& config_path, std::string_view module,
     };
     for (const auto& [name, value] : table) {
         std::string full = std::string(module) + "." + name;
+        // A named reference, not the binding: clang before 16 cannot capture bindings.
+        const std::string& key_name = name;
         auto spec = std::find_if(keys.begin(), keys.end(),
-                                 [&](const ModuleKeySpec& k) { return k.name == name; });
+                                 [&](const ModuleKeySpec& k) { return k.name == key_name; });
         if (spec == keys.end()) {
             std::string msg = "unknown key " + full;
             if (keys.empty())
