@@ -897,11 +897,34 @@ std::optional<UnsafeCharacter> find_unsafe_character(std::string_view text) {
 }
 
 // toml++ says "Error while parsing key-value pair: ..."; make it read as our errors do.
+// It also quotes the text it saw raw, a line break included ("expected 'true', saw
+// 't<LF>'"): control characters are escaped so that one error stays one line (found by
+// tests/fuzz/config_fuzz).
 std::string syntax_message(std::string_view description) {
     constexpr std::string_view toml_prefix = "Error while ";
-    if (description.substr(0, toml_prefix.size()) == toml_prefix)
-        return "TOML syntax error while " + std::string(description.substr(toml_prefix.size()));
-    return "TOML syntax error: " + std::string(description);
+    std::string out = "TOML syntax error: ";
+    if (description.substr(0, toml_prefix.size()) == toml_prefix) {
+        out = "TOML syntax error while ";
+        description.remove_prefix(toml_prefix.size());
+    }
+    for (char c : description) {
+        auto u = static_cast<unsigned char>(c);
+        if (c == '\n') {
+            out += "\\n";
+        } else if (c == '\r') {
+            out += "\\r";
+        } else if (c == '\t') {
+            out += "\\t";
+        } else if (u < 0x20 || u == 0x7f) {
+            static constexpr char hex[] = "0123456789ABCDEF";
+            out += "\\u00";
+            out += hex[u >> 4];
+            out += hex[u & 15];
+        } else {
+            out += c;
+        }
+    }
+    return out;
 }
 
 ConfigResult parse_checked(std::string_view text, const std::string& path) {

@@ -471,6 +471,14 @@ TEST(ConfigSyntax, PositionFromTomlpp) {
         {"[log]\nlevel = \"info\n",
          {"meshd.toml:2:14: TOML syntax error while parsing string: unescaped control "
           "characters other than TAB (U+0009) are explicitly prohibited"}},
+        // toml++ quotes what it saw raw; the line break must not split the error (found by
+        // tests/fuzz/config_fuzz).
+        {"[log]\nlevel = t\n",
+         {"meshd.toml:2:10: TOML syntax error while parsing boolean: expected 'true', saw "
+          "'t\\n'"}},
+        {"[log]\nlevel = fals\r\n",
+         {"meshd.toml:2:13: TOML syntax error while parsing boolean: expected 'false', saw "
+          "'fals\\r'"}},
     });
 }
 
