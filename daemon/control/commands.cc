@@ -1,6 +1,7 @@
 // control/commands: the control-socket request handlers.
 #include "control/commands.h"
 
+#include "control/request.h"
 #include "core/clock.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -9,7 +10,6 @@
 
 #include <map>
 #include <optional>
-#include <simdjson.h>
 #include <sodium.h>
 #include <unistd.h>
 
@@ -472,36 +472,15 @@ std::string new_token() {
 }
 
 void handle_command(CommandContext& ctx, std::string_view line, Reply reply) {
-    simdjson::dom::parser parser;
-    simdjson::padded_string padded(line);
-    simdjson::dom::object req;
-    if (parser.parse(padded).get_object().get(req)) {
-        reply(fail("bad_request", "a request is one JSON object per line"));
+    core::Result<Request> parsed = parse_request(line);
+    if (!parsed) {
+        reply(fail(parsed.error().code, parsed.error().message));
         return;
     }
-    std::string_view cmd;
-    if (req["cmd"].get_string().get(cmd)) {
-        reply(fail("bad_request", "the request has no string \"cmd\""));
-        return;
-    }
-    auto string_array = [&](const char* key) {
-        std::vector<std::string_view> out;
-        simdjson::dom::array items;
-        if (req[key].get_array().get(items))
-            return out;
-        for (auto item : items) {
-            std::string_view v;
-            if (!item.get_string().get(v))
-                out.push_back(v);
-        }
-        return out;
-    };
-    auto arg = [&](const char* key) {
-        std::string_view v;
-        if (req[key].get_string().get(v))
-            return std::string_view();
-        return v;
-    };
+    const Request& req = parsed.value();
+    std::string_view cmd = req.cmd;
+    auto string_array = [&](const char* key) { return req.string_array(key); };
+    auto arg = [&](const char* key) { return req.arg(key); };
     if (cmd == "status")
         cmd_status(ctx, reply);
     else if (cmd == "user.add")

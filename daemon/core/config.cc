@@ -744,18 +744,199 @@ void read_other_tables(const toml::table& root, Checker& c, Config& cfg) {
     }
 }
 
+// ---- a guard in front of toml++ ---------------------------------------------------------
+//
+// toml++ 3.3 (Debian 12's) asks is_whitespace() about non-ASCII characters in a few places,
+// and for U+00A1..U+0499 and a few other ranges that lookup runs into __builtin_unreachable():
+// undefined behaviour on text a user typed (toml++ issue #190, fixed upstream after 3.3; the
+// config fuzzer found it with `aé = 1`). The places are: a character outside strings and
+// comments, one right after a backslash in a """ string, and the first one after a
+// line-ending backslash. TOML allows none of these but the last, so meshd refuses all of them
+// before toml++ reads the text, at their position. Everywhere else (strings, comments) any
+// UTF-8 passes through untouched.
+
+struct UnsafeCharacter {
+    toml::source_position at;
+    std::string message;
+};
+
+// The character starting at text[i]: its code point and length; a byte that does not start
+// valid UTF-8 counts as one character with `valid` false (toml++ reports it in a string; we
+// report it elsewhere).
+struct Utf8Char {
+    char32_t code_point = 0;
+    size_t length = 1;
+    bool valid = false;
+};
+
+Utf8Char decode_utf8(std::string_view text, size_t i) {
+    auto byte = [&](size_t k) { return static_cast<unsigned char>(text[k]); };
+    unsigned char lead = byte(i);
+    size_t length = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+    Utf8Char out{lead, 1, lead < 0x80};
+    if (length == 1 || lead > 0xF4 || i + length > text.size())
+        return out;
+    char32_t cp = lead & (0x7F >> length);
+    for (size_t k = 1; k < length; ++k) {
+        if ((byte(i + k) & 0xC0) != 0x80)
+            return out;
+        cp = (cp << 6) | (byte(i + k) & 0x3F);
+    }
+    constexpr char32_t shortest[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < shortest[length] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return out;
+    return Utf8Char{cp, length, true};
+}
+
+std::string code_point_text(const Utf8Char& c) {
+    char buf[32];
+    if (c.valid)
+        std::snprintf(buf, sizeof buf, "U+%04X", static_cast<unsigned>(c.code_point));
+    else
+        std::snprintf(buf, sizeof buf, "byte 0x%02X (not UTF-8)",
+                      static_cast<unsigned>(c.code_point));
+    return buf;
+}
+
+std::optional<UnsafeCharacter> find_unsafe_character(std::string_view text) {
+    enum class State { outside, comment, basic, literal, ml_basic, ml_literal };
+    State state = State::outside;
+    size_t line = 1, line_start = 0, i = 0;
+    if (text.substr(0, 3) == "\xEF\xBB\xBF")
+        i = line_start = 3; // a byte order mark, which toml++ skips
+    auto fail = [&](size_t at, std::string message) {
+        size_t column = 1;
+        for (size_t k = line_start; k < at; ++k)
+            column += (static_cast<unsigned char>(text[k]) & 0xC0) != 0x80;
+        return UnsafeCharacter{
+            {static_cast<toml::source_index>(line), static_cast<toml::source_index>(column)},
+            std::move(message)};
+    };
+    auto run_of = [&](char quote) {
+        size_t n = 0;
+        while (i + n < text.size() && text[i + n] == quote)
+            ++n;
+        return n;
+    };
+    while (i < text.size()) {
+        char ch = text[i];
+        if (ch == '\n') {
+            ++line;
+            line_start = i + 1;
+            if (state != State::ml_basic && state != State::ml_literal)
+                state = State::outside; // comments end here; one-line strings too (unclosed)
+            ++i;
+            continue;
+        }
+        switch (state) {
+        case State::outside:
+            if (ch == '#') {
+                state = State::comment;
+            } else if (ch == '"' || ch == '\'') {
+                bool multi_line = run_of(ch) >= 3;
+                state = ch == '"' ? (multi_line ? State::ml_basic : State::basic)
+                                  : (multi_line ? State::ml_literal : State::literal);
+                i += multi_line ? 3 : 1;
+                continue;
+            } else if (static_cast<unsigned char>(ch) >= 0x80) {
+                return fail(i, "non-ASCII " + code_point_text(decode_utf8(text, i)) +
+                                   " outside a quoted string or comment: TOML allows non-ASCII "
+                                   "text only there (quote a key that needs it)");
+            }
+            break;
+        case State::comment:
+            break;
+        case State::basic:
+        case State::literal:
+            if (ch == (state == State::basic ? '"' : '\''))
+                state = State::outside;
+            else if (ch == '\\' && state == State::basic && i + 1 < text.size() &&
+                     text[i + 1] != '\n')
+                ++i; // the escaped character, which cannot end the string
+            break;
+        case State::ml_literal:
+        case State::ml_basic: {
+            char quote = state == State::ml_basic ? '"' : '\'';
+            if (ch == quote) {
+                size_t n = run_of(quote); // the last three of a run of 3..5 close the string
+                i += n;
+                if (n >= 3)
+                    state = State::outside;
+                continue;
+            }
+            if (ch != '\\' || state == State::ml_literal || i + 1 >= text.size())
+                break;
+            ++i;
+            ch = text[i];
+            if (static_cast<unsigned char>(ch) >= 0x80)
+                return fail(i, "non-ASCII " + code_point_text(decode_utf8(text, i)) +
+                                   " after a backslash in a \"\"\" string: not a TOML escape "
+                                   "(escapes are \\b \\t \\n \\f \\r \\\" \\\\ \\uXXXX "
+                                   "\\UXXXXXXXX)");
+            if (ch != ' ' && ch != '\t' && ch != '\r' && ch != '\n')
+                break; // an ASCII escape: the escaped character is skipped
+            // A line-ending backslash: toml++ skips the whitespace and line breaks after it.
+            while (i < text.size() &&
+                   (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n')) {
+                if (text[i] == '\n') {
+                    ++line;
+                    line_start = i + 1;
+                }
+                ++i;
+            }
+            if (i < text.size() && static_cast<unsigned char>(text[i]) >= 0x80)
+                return fail(i, "non-ASCII " + code_point_text(decode_utf8(text, i)) +
+                                   " right after a line-ending backslash, which the TOML "
+                                   "library meshd uses (toml++ 3.3) cannot read safely: start "
+                                   "the line with an ASCII character or remove the backslash");
+            continue;
+        }
+        }
+        ++i;
+    }
+    return std::nullopt;
+}
+
 // toml++ says "Error while parsing key-value pair: ..."; make it read as our errors do.
+// It also quotes the text it saw raw, a line break included ("expected 'true', saw
+// 't<LF>'"): control characters are escaped so that one error stays one line (found by
+// tests/fuzz/config_fuzz).
 std::string syntax_message(std::string_view description) {
     constexpr std::string_view toml_prefix = "Error while ";
-    if (description.substr(0, toml_prefix.size()) == toml_prefix)
-        return "TOML syntax error while " + std::string(description.substr(toml_prefix.size()));
-    return "TOML syntax error: " + std::string(description);
+    std::string out = "TOML syntax error: ";
+    if (description.substr(0, toml_prefix.size()) == toml_prefix) {
+        out = "TOML syntax error while ";
+        description.remove_prefix(toml_prefix.size());
+    }
+    for (char c : description) {
+        auto u = static_cast<unsigned char>(c);
+        if (c == '\n') {
+            out += "\\n";
+        } else if (c == '\r') {
+            out += "\\r";
+        } else if (c == '\t') {
+            out += "\\t";
+        } else if (u < 0x20 || u == 0x7f) {
+            static constexpr char hex[] = "0123456789ABCDEF";
+            out += "\\u00";
+            out += hex[u >> 4];
+            out += hex[u & 15];
+        } else {
+            out += c;
+        }
+    }
+    return out;
 }
 
 ConfigResult parse_checked(std::string_view text, const std::string& path) {
     Checker c(path);
     ConfigResult result;
     toml::table root;
+    if (auto unsafe = find_unsafe_character(text)) {
+        c.error(unsafe->at, std::move(unsafe->message));
+        result.errors = c.take_sorted();
+        return result;
+    }
     try {
         root = toml::parse(text, std::string_view(path));
     } catch (const toml::parse_error& e) {
@@ -950,8 +1131,10 @@ void check_module_table(const std::string& config_path, std::string_view module,
     };
     for (const auto& [name, value] : table) {
         std::string full = std::string(module) + "." + name;
+        // A named reference, not the binding: clang before 16 cannot capture bindings.
+        const std::string& key_name = name;
         auto spec = std::find_if(keys.begin(), keys.end(),
-                                 [&](const ModuleKeySpec& k) { return k.name == name; });
+                                 [&](const ModuleKeySpec& k) { return k.name == key_name; });
         if (spec == keys.end()) {
             std::string msg = "unknown key " + full;
             if (keys.empty())

@@ -471,6 +471,14 @@ TEST(ConfigSyntax, PositionFromTomlpp) {
         {"[log]\nlevel = \"info\n",
          {"meshd.toml:2:14: TOML syntax error while parsing string: unescaped control "
           "characters other than TAB (U+0009) are explicitly prohibited"}},
+        // toml++ quotes what it saw raw; the line break must not split the error (found by
+        // tests/fuzz/config_fuzz).
+        {"[log]\nlevel = t\n",
+         {"meshd.toml:2:10: TOML syntax error while parsing boolean: expected 'true', saw "
+          "'t\\n'"}},
+        {"[log]\nlevel = fals\r\n",
+         {"meshd.toml:2:13: TOML syntax error while parsing boolean: expected 'false', saw "
+          "'fals\\r'"}},
     });
 }
 
@@ -500,6 +508,55 @@ TEST(ConfigSyntax, GarbageNeverThrows) {
         for (const ConfigError& e : r.errors)
             EXPECT_GT(e.line, 0) << e.to_string();
     }
+}
+
+// toml++ 3.3 runs into undefined behaviour on some non-ASCII characters outside strings (found
+// by tests/fuzz/config_fuzz with `aé = 1`); meshd refuses them itself, at their position.
+TEST(ConfigSyntax, NonAsciiOutsideStringsIsRefusedBeforeTomlpp) {
+    const std::string outside = " outside a quoted string or comment: TOML allows non-ASCII "
+                                "text only there (quote a key that needs it)";
+    const std::string line_ending = " right after a line-ending backslash, which the TOML library "
+                                    "meshd uses (toml++ 3.3) cannot read safely: start the line "
+                                    "with an ASCII character or remove the backslash";
+    check_rows({
+        {"a\xc3\xa9 = 1\n", {"meshd.toml:1:2: non-ASCII U+00E9" + outside}},
+        {"[limits]\nmax_d\xc3\xa9pth = 1\n", {"meshd.toml:2:6: non-ASCII U+00E9" + outside}},
+        {"[log]\nlevel = \xca\x84\n", {"meshd.toml:2:9: non-ASCII U+0284" + outside}},
+        {"[\xc3\xa9]\n", {"meshd.toml:1:2: non-ASCII U+00E9" + outside}},
+        {"k = \"\xc3\xa9\" \xe2\x80\x83\n", {"meshd.toml:1:9: non-ASCII U+2003" + outside}},
+        {"k = 'x' # \xc3\xa9\n\xf0\x9f\x98\x80 = 1\n",
+         {"meshd.toml:2:1: non-ASCII U+1F600" + outside}},
+        {"\xff = 1\n", {"meshd.toml:1:1: non-ASCII byte 0xFF (not UTF-8)" + outside}},
+        {"s = \"\"\"\\\xc2\xa7\"\"\"\n",
+         {"meshd.toml:1:9: non-ASCII U+00A7 after a backslash in a \"\"\" string: not a TOML "
+          "escape (escapes are \\b \\t \\n \\f \\r \\\" \\\\ \\uXXXX \\UXXXXXXXX)"}},
+        {"s = \"\"\"\\\n  \xc2\xa7\"\"\"\n", {"meshd.toml:2:3: non-ASCII U+00A7" + line_ending}},
+        {"s = \"\"\"x\\ \r\n\r\n\t\xc3\xa9\"\"\"\n",
+         {"meshd.toml:3:2: non-ASCII U+00E9" + line_ending}},
+    });
+}
+
+// Everywhere TOML allows it, non-ASCII text still reaches toml++ and the config unchanged.
+TEST(ConfigSyntax, NonAsciiInStringsAndCommentsIsKept) {
+    const std::string doc = "\xef\xbb\xbf# caf\xc3\xa9\n"
+                            "[auth_token]\n"
+                            "basic = \"caf\xc3\xa9 \\\" \xc3\xa9\" # \xc3\xa9\n"
+                            "literal = 'caf\xc3\xa9 \\'\n"
+                            "\"k\xc3\xa9y\" = 1\n"
+                            "ml = \"\"\"\n\xc3\xa9 \"\" \\\"\"\" \\\n  x\xc3\xa9\"\"\"\n"
+                            "mll = '''\xc3\xa9\n\xc3\xa9 '' '''\n"
+                            "quotes = \"\"\"a\"\"\"\"\n"
+                            "after = \"\xc3\xa9\"\n";
+    Config c = parse_ok(doc);
+    const ModuleTable& t = c.module_tables["auth_token"];
+    ASSERT_EQ(t.size(), 7u);
+    EXPECT_EQ(t.at("basic").string, "caf\xc3\xa9 \" \xc3\xa9");
+    EXPECT_EQ(t.at("literal").string, "caf\xc3\xa9 \\");
+    EXPECT_EQ(t.at("k\xc3\xa9y").integer, 1);
+    EXPECT_EQ(t.at("ml").string, "\xc3\xa9 \"\" \"\"\" x\xc3\xa9");
+    EXPECT_EQ(t.at("mll").string, "\xc3\xa9\n\xc3\xa9 '' ");
+    EXPECT_EQ(t.at("quotes").string, "a\"");
+    EXPECT_EQ(t.at("after").string, "\xc3\xa9");
 }
 
 // ---- several errors -----------------------------------------------------------------------
