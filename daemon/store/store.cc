@@ -15,6 +15,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <thread>
+#include <tuple>
 #include <unistd.h>
 
 namespace meshd::store {
@@ -25,7 +26,7 @@ std::string_view to_string(Kind k) {
 
 namespace {
 
-constexpr int known_schema_version = 2;
+constexpr int known_schema_version = 3;
 
 // Numbered migrations; migration N brings user_version from N-1 to N. Each runs inside the
 // transaction that also sets user_version, so a crash leaves the old or the new schema.
@@ -80,6 +81,15 @@ CREATE TABLE group_members(
     PRIMARY KEY(gid, pid)) WITHOUT ROWID;
 CREATE INDEX group_members_pid ON group_members(pid);
 )sql",
+    // 3: ed25519 public keys (meshctl key add). The key is the primary key: one key belongs to
+    // one principal. Keys are deleted with their principal, so a re-added name has none.
+    R"sql(
+CREATE TABLE keys(
+    pubkey BLOB PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    added_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX keys_pid ON keys(pid);
+)sql",
 };
 static_assert(sizeof migrations / sizeof migrations[0] == known_schema_version);
 
@@ -107,6 +117,9 @@ enum Stmt {
     s_delete_member,
     s_delete_members_of_group,
     s_delete_memberships_of,
+    s_insert_key,
+    s_delete_key,
+    s_delete_keys_of,
     s_count
 };
 
@@ -138,6 +151,9 @@ const char* const stmt_sql[s_count] = {
     "DELETE FROM group_members WHERE gid = ?1 AND pid = ?2",
     "DELETE FROM group_members WHERE gid = ?1",
     "DELETE FROM group_members WHERE pid = ?1",
+    "INSERT INTO keys(pubkey, pid, added_ms) VALUES(?1, ?2, ?3)",
+    "DELETE FROM keys WHERE pubkey = ?1 AND pid = ?2",
+    "DELETE FROM keys WHERE pid = ?1",
 };
 
 // Resets and clears a statement when the scope ends, so it never pins a read transaction.
@@ -571,6 +587,18 @@ core::Result<void> Store::load() {
                        });
         !r)
         return r;
+    if (auto r = query("SELECT pubkey, pid, added_ms FROM keys",
+                       [&](sqlite3_stmt* s) {
+                           int64_t pid = sqlite3_column_int64(s, 1);
+                           const void* blob = sqlite3_column_blob(s, 0);
+                           auto len = static_cast<size_t>(sqlite3_column_bytes(s, 0));
+                           if (!blob || len != ed25519_key_bytes || !by_pid_.contains(pid))
+                               return;
+                           keys_[std::string(static_cast<const char*>(blob), len)] =
+                               KeyEntry{pid, sqlite3_column_int64(s, 2)};
+                       });
+        !r)
+        return r;
     std::unordered_map<int64_t, Group*> by_gid;
     if (auto r = query("SELECT gid, name FROM groups",
                        [&](sqlite3_stmt* s) {
@@ -683,8 +711,8 @@ core::Result<void> Store::delete_principal(Principal* p) {
         if (sqlite3_step(s) != SQLITE_DONE)
             return fail_batch("delete principal");
     }
-    for (int which :
-         {s_delete_log_of, s_delete_cursors_of, s_delete_tokens_of, s_delete_memberships_of}) {
+    for (int which : {s_delete_log_of, s_delete_cursors_of, s_delete_tokens_of,
+                      s_delete_memberships_of, s_delete_keys_of}) {
         sqlite3_stmt* s = stmt(which);
         StmtGuard g(s);
         sqlite3_bind_int64(s, 1, p->pid);
@@ -707,6 +735,21 @@ core::Result<void> Store::delete_principal(Principal* p) {
             for (const auto& name : left)
                 if (auto it = groups_.find(name); it != groups_.end())
                     insert_member(it->second, p);
+        });
+    // Its keys stop working at once (restored if the batch fails).
+    std::vector<std::pair<std::string, KeyEntry>> keys;
+    for (auto it = keys_.begin(); it != keys_.end();) {
+        if (it->second.pid == p->pid) {
+            keys.emplace_back(it->first, it->second);
+            it = keys_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    if (!keys.empty())
+        undo_.push_back([this, keys = std::move(keys)] {
+            for (const auto& [pubkey, entry] : keys)
+                keys_.insert_or_assign(pubkey, entry);
         });
     // The name is free for a new principal at once; the object lives until the batch ends
     // so that callers holding it in this turn stay safe.
@@ -766,6 +809,82 @@ Principal* Store::verify_token(std::string_view token) {
     if (it == by_pid_.end() || find(it->second->name) != it->second.get())
         return nullptr;
     return it->second.get();
+}
+
+// ---- ed25519 keys -----------------------------------------------------------------------
+
+core::Result<void> Store::add_key(Principal* p, std::string_view pubkey, int64_t now_ms) {
+    if (pubkey.size() != ed25519_key_bytes)
+        return core::make_error("bad_key", "an ed25519 public key is 32 bytes, got " +
+                                               std::to_string(pubkey.size()));
+    std::string key(pubkey);
+    if (auto it = keys_.find(key); it != keys_.end()) {
+        if (it->second.pid == p->pid)
+            return core::make_error("exists", "this key is already registered for " + p->name);
+        auto owner = by_pid_.find(it->second.pid);
+        std::string name = owner != by_pid_.end() ? owner->second->name : "another principal";
+        return core::make_error("conflict", "this key is already registered for " + name +
+                                                "; a key belongs to one principal: revoke it "
+                                                "there first (meshctl key revoke " +
+                                                name + " PUBKEY)");
+    }
+    if (auto r = begin_if_needed(); !r)
+        return r;
+    sqlite3_stmt* s = stmt(s_insert_key);
+    StmtGuard g(s);
+    sqlite3_bind_blob(s, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, p->pid);
+    sqlite3_bind_int64(s, 3, now_ms);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        return fail_batch("add key");
+    keys_[key] = KeyEntry{p->pid, now_ms};
+    undo_.push_back([this, key] { keys_.erase(key); });
+    return {};
+}
+
+core::Result<void> Store::revoke_key(Principal* p, std::string_view pubkey) {
+    std::string key(pubkey);
+    auto it = keys_.find(key);
+    if (it == keys_.end() || it->second.pid != p->pid)
+        return core::make_error("not_found", p->name + " has no such key (meshctl key list " +
+                                                 p->name + " shows them)");
+    if (auto r = begin_if_needed(); !r)
+        return r;
+    sqlite3_stmt* s = stmt(s_delete_key);
+    StmtGuard g(s);
+    sqlite3_bind_blob(s, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, p->pid);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        return fail_batch("revoke key");
+    KeyEntry old = it->second;
+    keys_.erase(it);
+    undo_.push_back([this, key, old] { keys_.insert_or_assign(key, old); });
+    return {};
+}
+
+std::vector<StoredKey> Store::keys(const Principal* p) const {
+    std::vector<StoredKey> out;
+    for (const auto& [pubkey, entry] : keys_) {
+        if (p && entry.pid != p->pid)
+            continue;
+        auto owner = by_pid_.find(entry.pid);
+        // Only live principals: a deleted one may wait in by_pid_ for its batch to end.
+        if (owner == by_pid_.end() || find(owner->second->name) != owner->second.get())
+            continue;
+        out.push_back({owner->second.get(), pubkey, entry.added_ms});
+    }
+    std::sort(out.begin(), out.end(), [](const StoredKey& a, const StoredKey& b) {
+        return std::tie(a.principal->name, a.added_ms, a.pubkey) <
+               std::tie(b.principal->name, b.added_ms, b.pubkey);
+    });
+    return out;
+}
+
+bool Store::key_registered(const Principal& p, std::string_view pubkey) const {
+    if (pubkey.size() != ed25519_key_bytes)
+        return false;
+    auto it = keys_.find(std::string(pubkey));
+    return it != keys_.end() && it->second.pid == p.pid;
 }
 
 core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,

@@ -1,4 +1,5 @@
-// store/store: the SQLite store — principals, tokens, messages, per-principal logs, cursors.
+// store/store: the SQLite store — principals, tokens, ed25519 keys, messages, per-principal
+// logs, cursors.
 //
 // DESIGN
 // - One writer: the loop thread's own connection (wal_autocheckpoint=0, busy_timeout=0: the
@@ -73,6 +74,15 @@ struct Group {
     std::vector<Principal*> members; // in pid order
 };
 
+// An ed25519 public key registered for a principal (meshctl key add). A key belongs to at
+// most one live principal; a deleted principal's keys are deleted with it.
+struct StoredKey {
+    Principal* principal = nullptr;
+    std::string pubkey; // the 32 raw bytes
+    int64_t added_ms = 0;
+};
+inline constexpr size_t ed25519_key_bytes = 32;
+
 struct StoreOptions {
     uv_loop_t* loop = nullptr; // needed for sync = full (durability notices)
     std::string data_dir;
@@ -126,6 +136,17 @@ class Store {
     // The principal a token belongs to, or null. Constant-time hash comparison is implied by
     // the lookup being by keyed hash (the secret never meets a comparison).
     Principal* verify_token(std::string_view token);
+
+    // ---- ed25519 keys ----------------------------------------------------------------
+    // Registers a 32-byte public key for p. Joins the batch. Errors: bad_key (not 32 bytes),
+    // exists (already p's), conflict (registered to another principal), unavailable.
+    core::Result<void> add_key(Principal* p, std::string_view pubkey, int64_t now_ms);
+    // Removes one of p's keys. Joins the batch. Errors: not_found (not p's), unavailable.
+    core::Result<void> revoke_key(Principal* p, std::string_view pubkey);
+    // p's keys (every live principal's when p is null), by principal name, then added time.
+    std::vector<StoredKey> keys(const Principal* p = nullptr) const;
+    // O(1): is pubkey (32 raw bytes) registered for p?
+    bool key_registered(const Principal& p, std::string_view pubkey) const;
 
     // ---- groups -----------------------------------------------------------------------
     const Group* find_group(std::string_view name) const;
@@ -210,6 +231,12 @@ class Store {
     std::unordered_map<int64_t, std::string> dead_names_;      // deleted pid -> name
     std::vector<std::unique_ptr<Principal>> retired_;
     std::unordered_map<std::string, Group> groups_;
+    // pubkey (32 raw bytes) -> owner and time added; only keys of live principals.
+    struct KeyEntry {
+        int64_t pid = 0;
+        int64_t added_ms = 0;
+    };
+    std::unordered_map<std::string, KeyEntry> keys_;
     void insert_member(Group& g, Principal* p);
 
     // Open batch state.

@@ -1368,7 +1368,8 @@ TEST_F(StoreTest, SchemaOneIsMigratedKeepingItsData) {
     {
         // What a store written by schema 1 (meshd before groups) looks like.
         RawDb raw(db_file());
-        ASSERT_EQ(raw.exec("DROP TABLE group_members; DROP TABLE groups; PRAGMA user_version=1"),
+        ASSERT_EQ(raw.exec("DROP TABLE keys; DROP TABLE group_members; DROP TABLE groups; "
+                           "PRAGMA user_version=1"),
                   "");
     }
     open();
@@ -1380,6 +1381,177 @@ TEST_F(StoreTest, SchemaOneIsMigratedKeepingItsData) {
     RawDb raw(db_file());
     EXPECT_EQ(raw.scalar("PRAGMA user_version"), Store::schema_version());
     EXPECT_EQ(raw.scalar("SELECT COUNT(*) FROM group_members"), 2);
+}
+
+} // namespace
+} // namespace meshd::store
+
+// ---- ed25519 keys -------------------------------------------------------------------------
+
+namespace meshd::store {
+namespace {
+
+// A distinct 32-byte "public key" (the store does not check it is a curve point).
+std::string key_n(int n) {
+    return std::string(ed25519_key_bytes - 1, 'k') + static_cast<char>('A' + n);
+}
+
+// "alice:<last byte>" per key, in the order keys() gives them.
+std::vector<std::string> key_rows(const std::vector<StoredKey>& keys) {
+    std::vector<std::string> out;
+    for (const StoredKey& k : keys)
+        out.push_back(k.principal->name + ":" + k.pubkey.substr(ed25519_key_bytes - 1));
+    return out;
+}
+
+TEST_F(StoreTest, KeysAddListRevokeAndSurviveReopen) {
+    open();
+    add_all({"alice", "bob"});
+    EXPECT_TRUE(store_->keys().empty());
+    // Two devices of alice, one of bob; listed by name, then by time added.
+    ASSERT_TRUE(store_->add_key(p("alice"), key_n(1), kNow + 2).ok());
+    ASSERT_TRUE(store_->add_key(p("bob"), key_n(0), kNow).ok());
+    ASSERT_TRUE(store_->add_key(p("alice"), key_n(2), kNow + 1).ok());
+    commit_ok();
+    EXPECT_EQ(key_rows(store_->keys()), (std::vector<std::string>{"alice:C", "alice:B", "bob:A"}));
+    EXPECT_EQ(key_rows(store_->keys(p("bob"))), (std::vector<std::string>{"bob:A"}));
+    EXPECT_EQ(store_->keys(p("alice"))[0].added_ms, kNow + 1);
+
+    struct Row {
+        const char* who;
+        int key;
+        bool registered;
+    };
+    const Row rows[] = {{"alice", 1, true}, {"alice", 2, true}, {"alice", 0, false},
+                        {"bob", 0, true},   {"bob", 1, false},  {"alice", 3, false}};
+    auto check = [&](const char* when, std::initializer_list<Row> table) {
+        for (const Row& r : table) {
+            SCOPED_TRACE(std::string(when) + " " + r.who + " key " + std::to_string(r.key));
+            EXPECT_EQ(store_->key_registered(*p(r.who), key_n(r.key)), r.registered);
+        }
+    };
+    for (const Row& r : rows)
+        check("before reopen", {r});
+    EXPECT_FALSE(store_->key_registered(*p("alice"), key_n(1).substr(1)));
+    EXPECT_FALSE(store_->key_registered(*p("alice"), ""));
+
+    reopen();
+    for (const Row& r : rows)
+        check("after reopen", {r});
+    EXPECT_EQ(store_->keys(p("alice"))[0].added_ms, kNow + 1);
+
+    ASSERT_TRUE(store_->revoke_key(p("alice"), key_n(1)).ok());
+    check("revoked, not committed", {{"alice", 1, false}, {"alice", 2, true}});
+    commit_ok();
+    reopen();
+    check("revoked, reopened", {{"alice", 1, false}, {"alice", 2, true}, {"bob", 0, true}});
+    EXPECT_EQ(key_rows(store_->keys()), (std::vector<std::string>{"alice:C", "bob:A"}));
+}
+
+TEST_F(StoreTest, KeyErrors) {
+    open();
+    add_all({"alice", "bob"});
+    ASSERT_TRUE(store_->add_key(p("alice"), key_n(1), kNow).ok());
+    commit_ok();
+    struct Row {
+        const char* who;
+        std::string key;
+        const char* code;
+        std::string message;
+    };
+    const Row rows[] = {
+        {"alice", key_n(1), "exists", "this key is already registered for alice"},
+        {"bob", key_n(1), "conflict",
+         "this key is already registered for alice; a key belongs to one principal: revoke it "
+         "there first (meshctl key revoke alice PUBKEY)"},
+        {"alice", key_n(2).substr(1), "bad_key", "an ed25519 public key is 32 bytes, got 31"},
+        {"alice", key_n(2) + "x", "bad_key", "an ed25519 public key is 32 bytes, got 33"},
+    };
+    for (const Row& r : rows) {
+        SCOPED_TRACE(r.who + std::string(" ") + r.code);
+        auto res = store_->add_key(p(r.who), r.key, kNow);
+        ASSERT_FALSE(res.ok());
+        EXPECT_EQ(res.error().code, r.code);
+        EXPECT_EQ(res.error().message, r.message);
+    }
+    EXPECT_FALSE(store_->batch_open()) << "a refused key must not open a batch";
+    auto missing = store_->revoke_key(p("bob"), key_n(1));
+    ASSERT_FALSE(missing.ok());
+    EXPECT_EQ(missing.error().code, "not_found");
+    EXPECT_EQ(missing.error().message, "bob has no such key (meshctl key list bob shows them)");
+    EXPECT_TRUE(store_->key_registered(*p("alice"), key_n(1)));
+}
+
+TEST_F(StoreTest, DeletedPrincipalLosesItsKeys) {
+    open();
+    add_all({"alice", "bob"});
+    ASSERT_TRUE(store_->add_key(p("alice"), key_n(1), kNow).ok());
+    ASSERT_TRUE(store_->add_key(p("alice"), key_n(2), kNow).ok());
+    ASSERT_TRUE(store_->add_key(p("bob"), key_n(3), kNow).ok());
+    commit_ok();
+    Principal* old_alice = p("alice");
+    ASSERT_TRUE(store_->delete_principal(old_alice).ok());
+    // At once, before the commit: a deleted principal's key opens nothing.
+    EXPECT_FALSE(store_->key_registered(*old_alice, key_n(1)));
+    EXPECT_EQ(key_rows(store_->keys()), (std::vector<std::string>{"bob:D"}));
+    commit_ok();
+    add_all({"alice"}); // the name again: a new principal, with no keys
+    EXPECT_TRUE(store_->keys(p("alice")).empty());
+    EXPECT_FALSE(store_->key_registered(*p("alice"), key_n(1)));
+    reopen();
+    EXPECT_FALSE(store_->key_registered(*p("alice"), key_n(1)));
+    EXPECT_EQ(key_rows(store_->keys()), (std::vector<std::string>{"bob:D"}));
+    // The freed key may be registered again, to anyone.
+    ASSERT_TRUE(store_->add_key(p("bob"), key_n(1), kNow).ok());
+    commit_ok();
+    RawDb raw(db_file());
+    EXPECT_EQ(raw.scalar("SELECT COUNT(*) FROM keys"), 2);
+}
+
+TEST_F(FailingLogTest, FailedBatchRestoresKeys) {
+    open();
+    add_all({"alice", "bob", "carol"});
+    ASSERT_TRUE(store_->add_key(p("alice"), key_n(1), kNow).ok());
+    ASSERT_TRUE(store_->add_key(p("bob"), key_n(2), kNow).ok());
+    commit_ok();
+    arm(*p("carol"));
+    ASSERT_TRUE(store_->add_key(p("alice"), key_n(3), kNow).ok());
+    ASSERT_TRUE(store_->revoke_key(p("alice"), key_n(1)).ok());
+    ASSERT_TRUE(store_->delete_principal(p("bob")).ok());
+    (void)send_error(p("alice"), p("carol"), "\"x\""); // fails the batch
+    EXPECT_EQ(commit_error().code, "unavailable");
+    EXPECT_EQ(key_rows(store_->keys()), (std::vector<std::string>{"alice:B", "bob:C"}));
+    EXPECT_TRUE(store_->key_registered(*p("bob"), key_n(2)));
+    disarm();
+    reopen();
+    EXPECT_EQ(key_rows(store_->keys()), (std::vector<std::string>{"alice:B", "bob:C"}));
+}
+
+TEST_F(StoreTest, SchemaTwoIsMigratedKeepingItsData) {
+    open();
+    add_all({"alice", "bob"});
+    Principal* ab[] = {p("alice"), p("bob")};
+    ASSERT_TRUE(store_->group_add("team", ab, kNow).ok());
+    ASSERT_TRUE(store_->set_token(p("alice"), "tok-alice", kNow).ok());
+    send(p("alice"), p("bob"), "\"before\"");
+    commit_ok();
+    store_.reset();
+    {
+        // What a store written by schema 2 (meshd before ed25519 keys) looks like.
+        RawDb raw(db_file());
+        ASSERT_EQ(raw.exec("DROP TABLE keys; PRAGMA user_version=2"), "");
+    }
+    open();
+    EXPECT_EQ(p("bob")->committed_head, 1);
+    EXPECT_EQ(store_->verify_token("tok-alice"), p("alice"));
+    EXPECT_EQ(store_->find_group("team")->members.size(), 2u);
+    EXPECT_TRUE(store_->keys().empty());
+    ASSERT_TRUE(store_->add_key(p("alice"), key_n(1), kNow).ok());
+    commit_ok();
+    reopen();
+    EXPECT_TRUE(store_->key_registered(*p("alice"), key_n(1)));
+    RawDb raw(db_file());
+    EXPECT_EQ(raw.scalar("PRAGMA user_version"), 3);
 }
 
 } // namespace
