@@ -859,15 +859,16 @@ std::string render_sessions(element r) {
     for (element s : get_array(r, "sessions")) {
         std::optional<int64_t> connected = get_int(s, "connected_ms");
         rows.push_back({str_or(s, "id"), str_or(s, "device"), str_or(s, "remote"),
+                        str_or(s, "auth"),
                         connected ? format_duration_s((now - *connected) / 1000) : "?",
                         int_or(s, "cursor"), int_or(s, "sent_seq"), int_or(s, "head"),
                         int_or(s, "lag"), str_or(s, "session")});
     }
     if (rows.empty())
         return "no sessions\n";
-    return render_table(
-        {"NAME", "DEVICE", "REMOTE", "CONNECTED", "CURSOR", "SENT", "HEAD", "LAG", "SESSION"},
-        {false, false, false, true, true, true, true, true, false}, rows);
+    return render_table({"NAME", "DEVICE", "REMOTE", "AUTH", "CONNECTED", "CURSOR", "SENT",
+                         "HEAD", "LAG", "SESSION"},
+                        {false, false, false, false, true, true, true, true, true, false}, rows);
 }
 
 // Devices with a stored cursor or a live connection, as the daemon sorted them.

@@ -137,6 +137,9 @@ void cmd_sessions(CommandContext& ctx, const Reply& reply) {
         field(r, "device", s.device());
         field(r, "session", s.session_id());
         field(r, "remote", s.remote());
+        // auth: the method ("token", "ed25519"); credential: the module's full name for it.
+        field(r, "auth", std::string_view(s.credential()).substr(0, s.credential().find(':')));
+        field(r, "credential", s.credential());
         field_int(r, "connected_ms", s.connected_ms());
         field_int(r, "cursor", cursor);
         field_int(r, "sent_seq", s.next_seq() - 1);

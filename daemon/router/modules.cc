@@ -206,37 +206,67 @@ std::vector<ModuleInfo> ModuleSet::info() const {
     return out;
 }
 
-AuthOutcome ModuleSet::auth(std::string_view token, std::string_view claimed_id,
-                            std::string_view device, std::string_view remote_addr) {
+AuthOutcome ModuleSet::auth(const AuthRequest& r) {
     meshd_auth_request req{};
-    req.token = token.data();
-    req.token_len = token.size();
-    req.claimed_id = claimed_id.data();
-    req.claimed_id_len = claimed_id.size();
-    req.device = device.data();
-    req.device_len = device.size();
-    req.remote_addr = remote_addr.data();
-    req.remote_addr_len = remote_addr.size();
+    req.token = r.token.data();
+    req.token_len = r.token.size();
+    req.claimed_id = r.claimed_id.data();
+    req.claimed_id_len = r.claimed_id.size();
+    req.device = r.device.data();
+    req.device_len = r.device.size();
+    req.remote_addr = r.remote_addr.data();
+    req.remote_addr_len = r.remote_addr.size();
+    req.pubkey = r.pubkey.data();
+    req.pubkey_len = r.pubkey.size();
+    req.step = r.step;
+    req.challenge = reinterpret_cast<const unsigned char*>(r.challenge.data());
+    req.challenge_len = r.challenge.size();
+    req.sig = r.sig.data();
+    req.sig_len = r.sig.size();
     AuthOutcome outcome;
-    for (const auto& m : modules_) {
-        if (!m->desc->auth)
+    for (size_t i = 0; i < modules_.size(); ++i) {
+        const LoadedModule& m = *modules_[i];
+        // Step 1 belongs to the module that challenged, and to no other.
+        if (!m.desc->auth || (r.step == 1 && i != r.challenger))
             continue;
         meshd_auth_result res{};
-        meshd_verdict v = m->desc->auth(m->state, &req, &res);
-        if (v == MESHD_PASS)
+        meshd_verdict v = m.desc->auth(m.state, &req, &res);
+        if (v == MESHD_PASS && r.step == 0)
             continue;
         if (v == MESHD_ALLOW) {
             res.principal[sizeof res.principal - 1] = '\0';
-            outcome.principal = m->store->find(res.principal);
+            res.credential[sizeof res.credential - 1] = '\0';
+            outcome.principal = m.store->find(res.principal);
             if (!outcome.principal)
                 outcome.message = "no such principal";
+            outcome.credential = res.credential[0] ? res.credential : m.name;
             return outcome;
         }
-        outcome.message = res.message ? res.message : "credentials refused";
+        if (v == MESHD_CHALLENGE && r.step == 0 && res.challenge_len > 0 &&
+            res.challenge_len <= sizeof res.challenge) {
+            outcome.challenged = true;
+            outcome.challenge.assign(reinterpret_cast<const char*>(res.challenge),
+                                     res.challenge_len);
+            outcome.challenge_timeout_ms = res.challenge_timeout_ms;
+            outcome.challenger = i;
+            return outcome;
+        }
+        if (v == MESHD_DENY) {
+            outcome.message = res.message ? res.message : "credentials refused";
+            return outcome;
+        }
+        // PASS at step 1, a second challenge, or one of no or too many bytes: a module bug.
+        MESHD_LOG(error, "module.bad_verdict", "name=%s step=%d verdict=%d challenge_len=%zu",
+                  m.name.c_str(), r.step, static_cast<int>(v), res.challenge_len);
+        outcome.message = "authentication failed: module " + m.name +
+                          " gave no usable answer (a bug; see the server log)";
         return outcome;
     }
-    outcome.message = has_auth() ? "no credentials a loaded auth module accepts"
-                                 : "no auth module is loaded; nobody can log in";
+    if (r.step == 1)
+        outcome.message = "no module is waiting for an answer to a challenge";
+    else
+        outcome.message = has_auth() ? "no credentials a loaded auth module accepts"
+                                     : "no auth module is loaded; nobody can log in";
     return outcome;
 }
 
@@ -564,6 +594,20 @@ MESHD_EXPORT int meshd_host_token_verify(meshd_host* host, const char* token, si
         return -1;
     std::memcpy(out, p->name.c_str(), p->name.size() + 1);
     return 0;
+}
+
+MESHD_EXPORT int meshd_host_key_registered(meshd_host* host, const char* name, size_t len,
+                                           const unsigned char* pubkey, size_t pubkey_len) {
+    if (!host || !name || !pubkey)
+        return 0;
+    const meshd::store::Store& store = *host->module->store;
+    const auto* p = store.find(folded(name, len));
+    if (!p)
+        return 0;
+    return store.key_registered(*p,
+                                std::string_view(reinterpret_cast<const char*>(pubkey), pubkey_len))
+               ? 1
+               : 0;
 }
 
 MESHD_EXPORT int meshd_host_route_add(meshd_route_out* out, const char* principal, size_t len) {

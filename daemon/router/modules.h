@@ -21,9 +21,30 @@ namespace meshd::router {
 
 struct LoadedModule;
 
+// A hello (step 0) or the auth frame that answers a challenge (step 1).
+struct AuthRequest {
+    int step = 0;
+    std::string_view token;      // hello.token or the Bearer header
+    std::string_view claimed_id; // hello.id, case-folded
+    std::string_view device;
+    std::string_view remote_addr;
+    std::string_view pubkey; // hello.pubkey as sent
+    // Step 1: what step 0 issued, the module that issued it (only it is asked), auth.sig.
+    std::string_view challenge;
+    size_t challenger = 0;
+    std::string_view sig;
+};
+
 struct AuthOutcome {
     store::Principal* principal = nullptr; // set when a module allowed
+    std::string credential;                // what opened the session: "token", "ed25519:<key>", ...
     std::string message;                   // why not, when denied
+    // A module answered CHALLENGE: send `challenge` (raw bytes) as the nonce and pass the
+    // answer, within challenge_timeout_ms (0: limits.hello_timeout_ms), to module `challenger`.
+    bool challenged = false;
+    std::string challenge;
+    uint32_t challenge_timeout_ms = 0;
+    size_t challenger = 0;
 };
 
 struct RouteOutcome {
@@ -61,8 +82,7 @@ class ModuleSet {
     bool has_auth() const;
     std::vector<ModuleInfo> info() const;
 
-    AuthOutcome auth(std::string_view token, std::string_view claimed_id, std::string_view device,
-                     std::string_view remote_addr);
+    AuthOutcome auth(const AuthRequest& request);
     // Expands `to` into recipients (cleared first). `canonical_to` receives the address as it
     // will be stored: a principal's name for a direct message.
     RouteOutcome route(const store::Principal& sender, std::string_view to,

@@ -213,11 +213,14 @@ void Broker::flush() {
     release_durable();
 }
 
-size_t Broker::close_principal(const store::Principal& p, uint16_t code, std::string_view reason) {
+size_t Broker::close_principal(const store::Principal& p, uint16_t code, std::string_view reason,
+                               std::string_view credential) {
     auto it = live_.find(p.pid);
     if (it == live_.end())
         return 0;
     std::vector<Session*> list = it->second; // close() edits live_
+    if (!credential.empty())
+        std::erase_if(list, [&](const Session* s) { return s->credential() != credential; });
     for (Session* s : list)
         s->close(code, reason);
     return list.size();

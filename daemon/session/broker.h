@@ -52,8 +52,10 @@ class Broker {
     // (or at the end of this turn if nothing is pending). Like acks, never earlier.
     void after_commit(std::function<void(const core::Error* error)> fn);
 
-    // Closes every session of p; returns how many.
-    size_t close_principal(const store::Principal& p, uint16_t code, std::string_view reason);
+    // Closes every session of p (only those opened with `credential`, when given); returns
+    // how many.
+    size_t close_principal(const store::Principal& p, uint16_t code, std::string_view reason,
+                           std::string_view credential = {});
     void close_all(uint16_t code, std::string_view reason);
     // Shutdown: commit, make everything durable now and release what waited for it.
     void flush();

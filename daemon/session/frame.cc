@@ -178,6 +178,8 @@ FrameError FrameParser::parse(std::string_view text, Frame& out) {
             return e;
         if (auto e = get_string("epoch", out.epoch, out.has_epoch, 256))
             return e;
+        if (auto e = get_string("pubkey", out.pubkey, out.has_pubkey, 4096))
+            return e;
         if (auto r = obj["resume"]; r.error() == simdjson::SUCCESS) {
             std::string_view s;
             int64_t n = 0;
@@ -194,6 +196,10 @@ FrameError FrameParser::parse(std::string_view text, Frame& out) {
     }
     if (type == "auth") {
         out.type = FrameType::auth;
+        if (auto e = get_string("sig", out.sig, out.has_sig, 4096))
+            return e;
+        if (auto e = get_string("nonce", out.nonce, out.has_nonce, 4096))
+            return e;
         return {};
     }
     if (type == "send") {

@@ -29,6 +29,13 @@ struct Frame {
     bool has_epoch = false;
     enum class Resume { none, seq, head } resume = Resume::none;
     int64_t resume_seq = 0;
+    bool has_pubkey = false; // ed25519: the key to be challenged, base64 as sent
+    std::string_view pubkey;
+    // auth (the answer to a challenge)
+    bool has_sig = false;
+    std::string_view sig;
+    bool has_nonce = false; // optional: the nonce the client answers, as sent
+    std::string_view nonce;
     // send
     std::string_view to;
     std::string_view body; // raw JSON text of the value

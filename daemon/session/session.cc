@@ -1,6 +1,7 @@
 // session/session: frame handling and the pull-based output of one connection.
 #include "session/session.h"
 
+#include "core/base64.h"
 #include "core/clock.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -131,11 +132,7 @@ void Session::on_text(std::string& frame) {
         handle_hello(f);
         return;
     case FrameType::auth:
-        if (state_ == State::fresh)
-            send_error("unauthorized", "no challenge is pending: send hello first", f.ref,
-                       f.has_ref);
-        else
-            send_error("bad_frame", "already authenticated", f.ref, f.has_ref);
+        handle_auth(f);
         return;
     case FrameType::send:
     case FrameType::ack:
@@ -180,6 +177,19 @@ void Session::on_pong() {
     pings_unanswered_ = 0;
 }
 
+// Every refused hello or auth ends here (an unanswered challenge too): modules are told
+// (failed-login limits), the client gets unauthorized and close 1008.
+void Session::refuse_auth(std::string_view claimed_id, std::string_view message,
+                          std::string_view ref, bool has_ref) {
+    MESHD_LOG(info, "session.auth_failed", "conn=%llu remote=%s message=%s",
+              static_cast<unsigned long long>(conn_id_), remote_.c_str(),
+              core::log_value(message).c_str());
+    broker_.modules().auth_failed(remote_ip(), claimed_id, message);
+    send_error("unauthorized", message, ref, has_ref);
+    close(1008, "unauthorized", true);
+    challenge_.reset(); // last: claimed_id may point into it
+}
+
 void Session::handle_hello(const Frame& f) {
     if (state_ == State::ready) {
         send_error("bad_frame",
@@ -188,52 +198,127 @@ void Session::handle_hello(const Frame& f) {
                    f.ref, f.has_ref);
         return;
     }
+    challenge_.reset(); // a new hello starts over
     std::string_view device = f.has_device ? f.device : std::string_view("default");
     if (!core::valid_device(device)) {
         send_error("bad_frame", "\"device\" must match [A-Za-z0-9._-]{1,64}", f.ref, f.has_ref);
         return;
     }
-    std::string claimed;
+    HelloRequest hello;
     if (!f.claimed_id.empty()) {
         auto c = core::canonical_principal(f.claimed_id);
         if (!c) {
             refuse_auth(f.claimed_id, "\"id\" is not a valid principal name", f.ref, f.has_ref);
             return;
         }
-        claimed = std::move(*c);
+        hello.claimed_id = std::move(*c);
     }
-    std::string_view token = f.has_token ? f.token : std::string_view(bearer_);
-    router::AuthOutcome auth = broker_.modules().auth(token, claimed, device, remote_);
+    hello.device = std::string(device);
+    hello.pubkey = std::string(f.pubkey);
+    hello.epoch = std::string(f.epoch);
+    hello.has_epoch = f.has_epoch;
+    hello.resume = f.resume;
+    hello.resume_seq = f.resume_seq;
+
+    router::AuthRequest req;
+    req.token = f.has_token ? f.token : std::string_view(bearer_);
+    req.claimed_id = hello.claimed_id;
+    req.device = hello.device;
+    req.remote_addr = remote_;
+    req.pubkey = hello.pubkey;
+    router::AuthOutcome auth = broker_.modules().auth(req);
+    if (auth.challenged) {
+        start_challenge(std::move(hello), auth);
+        return;
+    }
     if (!auth.principal) {
-        refuse_auth(claimed, auth.message, f.ref, f.has_ref);
+        refuse_auth(hello.claimed_id, auth.message, f.ref, f.has_ref);
         return;
     }
-    store::Principal& p = *auth.principal;
+    login(*auth.principal, hello, std::move(auth.credential), f.ref, f.has_ref);
+}
+
+// The module wants proof: send its nonce and wait (Session::tick enforces the deadline).
+void Session::start_challenge(HelloRequest hello, const router::AuthOutcome& auth) {
+    PendingChallenge c;
+    c.hello = std::move(hello);
+    c.nonce = auth.challenge;
+    c.challenger = auth.challenger;
+    c.timeout_ms = auth.challenge_timeout_ms > 0 ? auth.challenge_timeout_ms
+                                                 : broker_.limits().hello_timeout_ms;
+    c.deadline_ms = broker_.now_ms() + c.timeout_ms;
+    std::string frame = R"({"type":"challenge","nonce":)";
+    core::json_append_string(frame, core::base64_encode(c.nonce));
+    frame += '}';
+    challenge_ = std::move(c);
+    queue_control(std::move(frame));
+}
+
+void Session::handle_auth(const Frame& f) {
+    if (state_ == State::ready) {
+        send_error("bad_frame", "already authenticated", f.ref, f.has_ref);
+        return;
+    }
+    if (!challenge_) {
+        refuse_auth({}, "no challenge is pending: send hello (with id and pubkey) first", f.ref,
+                    f.has_ref);
+        return;
+    }
+    // One answer per challenge, right or wrong: a nonce is never signed for twice.
+    PendingChallenge c = std::move(*challenge_);
+    challenge_.reset();
+    if (f.has_nonce && core::base64_decode(f.nonce) != c.nonce) {
+        refuse_auth(c.hello.claimed_id,
+                    "\"nonce\" is not the nonce this connection was sent; sign the one in its "
+                    "challenge frame",
+                    f.ref, f.has_ref);
+        return;
+    }
+    router::AuthRequest req;
+    req.step = 1;
+    req.claimed_id = c.hello.claimed_id;
+    req.device = c.hello.device;
+    req.remote_addr = remote_;
+    req.pubkey = c.hello.pubkey;
+    req.challenge = c.nonce;
+    req.challenger = c.challenger;
+    req.sig = f.sig;
+    router::AuthOutcome auth = broker_.modules().auth(req);
+    if (!auth.principal) {
+        refuse_auth(c.hello.claimed_id, auth.message, f.ref, f.has_ref);
+        return;
+    }
+    login(*auth.principal, c.hello, std::move(auth.credential), f.ref, f.has_ref);
+}
+
+// Credentials are good: check the resume and the device slot, then go ready and welcome.
+void Session::login(store::Principal& p, const HelloRequest& hello, std::string credential,
+                    std::string_view ref, bool has_ref) {
     store::Store& store = broker_.store();
-    if (f.has_epoch && f.epoch != store.epoch()) {
+    if (hello.has_epoch && hello.epoch != store.epoch()) {
         send_error("resume_invalid",
-                   "epoch '" + std::string(f.epoch) + "' is not this store's epoch '" +
-                       store.epoch() +
+                   "epoch '" + hello.epoch + "' is not this store's epoch '" + store.epoch() +
                        "': seqs are not comparable; send hello without resume and epoch",
-                   f.ref, f.has_ref);
+                   ref, has_ref);
         return;
     }
-    if (f.resume == Frame::Resume::seq && f.resume_seq > p.committed_head) {
+    if (hello.resume == Frame::Resume::seq && hello.resume_seq > p.committed_head) {
         send_error("resume_invalid",
-                   "resume " + std::to_string(f.resume_seq) + " is above the log's head " +
+                   "resume " + std::to_string(hello.resume_seq) + " is above the log's head " +
                        std::to_string(p.committed_head),
-                   f.ref, f.has_ref);
+                   ref, has_ref);
         return;
     }
+    const std::string& device = hello.device;
     Session* old = broker_.find_live(p, device);
-    if (!old && !p.cursors.contains(std::string(device)) &&
+    if (!old && !p.cursors.contains(device) &&
         broker_.device_count(p) >= broker_.limits().max_devices) {
         send_error("forbidden",
                    std::string(p.name) + " already uses " +
                        std::to_string(broker_.limits().max_devices) +
                        " devices (limits.max_devices); reuse a device name or ask the admin to "
                        "raise the limit",
-                   f.ref, f.has_ref);
+                   ref, has_ref);
         return;
     }
     if (old)
@@ -241,12 +326,13 @@ void Session::handle_hello(const Frame& f) {
 
     int64_t cursor = store.cursor(p, device);
     int64_t start = cursor;
-    if (f.resume == Frame::Resume::head)
+    if (hello.resume == Frame::Resume::head)
         start = p.committed_head;
-    else if (f.resume == Frame::Resume::seq)
-        start = std::max(f.resume_seq, cursor);
+    else if (hello.resume == Frame::Resume::seq)
+        start = std::max(hello.resume_seq, cursor);
     principal_ = &p;
-    device_ = std::string(device);
+    device_ = device;
+    credential_ = std::move(credential);
     next_seq_ = start + 1;
     sync_target_ = p.committed_head;
     synced_ = false;
@@ -278,22 +364,12 @@ void Session::handle_hello(const Frame& f) {
     core::json_append_int(w, static_cast<int64_t>(broker_.limits().max_frame));
     w += '}';
     queue_control(std::move(w));
-    MESHD_LOG(info, "session.open", "conn=%llu principal=%s device=%s session=%s remote=%s",
+    std::string_view method = std::string_view(credential_).substr(0, credential_.find(':'));
+    MESHD_LOG(info, "session.open",
+              "conn=%llu principal=%s device=%s session=%s remote=%s auth=%.*s",
               static_cast<unsigned long long>(conn_id_), p.name.c_str(), device_.c_str(),
-              session_id_.c_str(), remote_.c_str());
+              session_id_.c_str(), remote_.c_str(), static_cast<int>(method.size()), method.data());
     broker_.modules().session_event(true, p, device_, session_id_);
-}
-
-// Every refused hello or auth ends here: modules are told (failed-login limits), the client
-// gets unauthorized and close 1008.
-void Session::refuse_auth(std::string_view claimed_id, std::string_view message,
-                          std::string_view ref, bool has_ref) {
-    MESHD_LOG(info, "session.auth_failed", "conn=%llu remote=%s message=%s",
-              static_cast<unsigned long long>(conn_id_), remote_.c_str(),
-              core::log_value(message).c_str());
-    broker_.modules().auth_failed(remote_ip(), claimed_id, message);
-    send_error("unauthorized", message, ref, has_ref);
-    close(1008, "unauthorized", true);
 }
 
 void Session::handle_send(const Frame& f) {
@@ -407,6 +483,14 @@ void Session::on_closed() {
 
 void Session::tick(uint64_t now_ms) {
     const BrokerLimits& limits = broker_.limits();
+    if (state_ == State::fresh && challenge_) {
+        if (now_ms >= challenge_->deadline_ms)
+            refuse_auth(challenge_->hello.claimed_id,
+                        "no answer to the challenge within " +
+                            std::to_string(challenge_->timeout_ms) + " ms",
+                        {}, false);
+        return;
+    }
     if (state_ == State::fresh && now_ms - opened_loop_ms_ >= limits.hello_timeout_ms) {
         send_error("unauthorized",
                    "no hello within " + std::to_string(limits.hello_timeout_ms) +

@@ -1,9 +1,13 @@
 // session/session: one client connection's state machine and its cursor-driven output.
 //
 //   fresh ──hello ok──▶ ready ──close()──▶ closing ──close frame written──▶ close_sent
-//     │                                      ▲                    (lws closes on the peer's
-//     └──bad credentials / hello timeout─────┘                     echo, or kill after 3 s)
-// Transitions: on_text() -> handle_hello() (fresh->ready); close() (any->closing);
+//     │  ▲                 ▲                  ▲                  (lws closes on the peer's
+//     │  │ (new hello)     │ auth ok          │                   echo, or kill after 3 s)
+//     │  └─ fresh + challenge_ ───────────────┤ bad answer / no answer in time
+//     │     (hello challenged)                │
+//     └──bad credentials / hello timeout──────┘
+// Transitions: on_text() -> handle_hello() (fresh->ready, or a challenge is issued);
+// handle_auth() (challenge answered: ->ready); refuse_auth() and close() (any->closing);
 // next_frame() (closing->close_sent). on_closed() ends the object's life.
 //
 // Output is pulled, not pushed: the transport asks next_frame() on each writable callback.
@@ -13,13 +17,19 @@
 // order; the ack for this device's own send takes the place of the msg at that seq.
 #pragma once
 
+#include "session/frame.h"
 #include "store/store.h"
 
 #include <cstdint>
 #include <deque>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
+
+namespace meshd::router {
+struct AuthOutcome;
+} // namespace meshd::router
 
 namespace meshd::session {
 
@@ -85,6 +95,8 @@ class Session {
     const std::string& session_id() const { return session_id_; }
     const std::string& remote() const { return remote_; }
     std::string_view remote_ip() const; // remote() without the port
+    // What opened the session, as the auth module named it: "token", "ed25519:<key>", ...
+    const std::string& credential() const { return credential_; }
     int64_t connected_ms() const { return connected_ms_; }
     int64_t next_seq() const { return next_seq_; }
     bool in_batch = false; // listed in the broker's pending sessions of this turn
@@ -97,7 +109,30 @@ class Session {
         bool has_ref;
     };
 
+    // What a hello asked for, kept while its challenge is pending.
+    struct HelloRequest {
+        std::string device;
+        std::string claimed_id; // case-folded
+        std::string pubkey;
+        std::string epoch;
+        bool has_epoch = false;
+        Frame::Resume resume = Frame::Resume::none;
+        int64_t resume_seq = 0;
+    };
+    struct PendingChallenge {
+        HelloRequest hello;
+        std::string nonce; // raw bytes, as sent to the client
+        size_t challenger = 0;
+        uint64_t timeout_ms = 0;
+        uint64_t deadline_ms = 0; // loop time
+    };
+
     void handle_hello(const struct Frame& f);
+    void handle_auth(const struct Frame& f);
+    void start_challenge(HelloRequest hello, const router::AuthOutcome& auth);
+    void login(store::Principal& p, const HelloRequest& hello, std::string credential,
+               std::string_view ref, bool has_ref);
+    // The one way a refused hello or auth ends: error unauthorized, then close 1008.
     void refuse_auth(std::string_view claimed_id, std::string_view message, std::string_view ref,
                      bool has_ref);
     void handle_send(const struct Frame& f);
@@ -119,6 +154,8 @@ class Session {
     std::string session_id_;
     std::string device_;
     store::Principal* principal_ = nullptr;
+    std::string credential_;
+    std::optional<PendingChallenge> challenge_;
     State state_ = State::fresh;
     int64_t connected_ms_ = 0;
     uint64_t opened_loop_ms_ = 0;

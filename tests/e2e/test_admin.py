@@ -193,6 +193,8 @@ async def test_sessions_shape():
         assert type(x["connected_ms"]) is int and t0 - 2000 <= x["connected_ms"] <= t1 + 2000, x
         assert x["cursor"] == 2 and x["sent_seq"] == 4 and x["head"] == 4, x
         assert x["lag"] == 2, f"lag is head - cursor = 2: {x}"
+        # The credential that opened the session (meshd-protocol.7, meshctl.8 sessions).
+        assert x["auth"] == "token" and x["credential"] == "token", x
         assert sorted(y["id"] for y in s["sessions"]) == ["alice", "bob"], s
 
 

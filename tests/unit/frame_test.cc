@@ -162,6 +162,21 @@ struct Want {
         resume = Frame::Resume::head;
         return *this;
     }
+    Want& with_pubkey(std::string v) {
+        pubkey = std::move(v);
+        has_pubkey = true;
+        return *this;
+    }
+    Want& with_sig(std::string v) {
+        sig = std::move(v);
+        has_sig = true;
+        return *this;
+    }
+    Want& with_nonce(std::string v) {
+        nonce = std::move(v);
+        has_nonce = true;
+        return *this;
+    }
     Want& with_to(std::string v) {
         to = std::move(v);
         return *this;
@@ -192,6 +207,12 @@ struct Want {
     bool has_epoch = false;
     Frame::Resume resume = Frame::Resume::none;
     int64_t resume_seq = 0;
+    bool has_pubkey = false;
+    std::string pubkey;
+    bool has_sig = false;
+    std::string sig;
+    bool has_nonce = false;
+    std::string nonce;
     std::string to;
     std::string body;
     bool has_id = false;
@@ -212,6 +233,12 @@ void expect_frame(const Frame& f, const Want& w) {
     EXPECT_EQ(f.has_epoch, w.has_epoch);
     EXPECT_EQ(f.resume, w.resume);
     EXPECT_EQ(f.resume_seq, w.resume_seq);
+    EXPECT_EQ(f.has_pubkey, w.has_pubkey);
+    EXPECT_EQ(f.pubkey, w.pubkey);
+    EXPECT_EQ(f.has_sig, w.has_sig);
+    EXPECT_EQ(f.sig, w.sig);
+    EXPECT_EQ(f.has_nonce, w.has_nonce);
+    EXPECT_EQ(f.nonce, w.nonce);
     EXPECT_EQ(f.to, w.to);
     EXPECT_EQ(f.body, w.body);
     EXPECT_EQ(f.has_id, w.has_id);
@@ -262,7 +289,11 @@ TEST(FrameParse, Hello) {
         {"empty token", R"({"type":"hello","token":""})",
          Want(FrameType::hello, "hello").with_token("")},
         {"ed25519 hello", R"({"type":"hello","id":"alice","pubkey":"AAAA"})",
-         Want(FrameType::hello, "hello").with_claimed_id("alice")},
+         Want(FrameType::hello, "hello").with_claimed_id("alice").with_pubkey("AAAA")},
+        {"empty pubkey", R"({"type":"hello","pubkey":""})",
+         Want(FrameType::hello, "hello").with_pubkey("")},
+        {"pubkey of 4096 bytes", R"({"type":"hello","pubkey":")" + std::string(4096, 'k') + "\"}",
+         Want(FrameType::hello, "hello").with_pubkey(std::string(4096, 'k'))},
         {"no fields", R"({"type":"hello"})", Want(FrameType::hello, "hello")},
         {"escaped strings are unescaped",
          R"({"type":"hello","token":"a\"b\u00e9","device":"d\/1"})",
@@ -313,7 +344,10 @@ TEST(FrameParse, SendAckAuthAndUnknown) {
          Want(FrameType::ack, "ack").with_ref("a").with_upto(0)},
         {"ack max", R"({"type":"ack","upto":9223372036854775807})",
          Want(FrameType::ack, "ack").with_upto(INT64_MAX)},
-        {"auth", R"({"type":"auth","sig":"c2ln"})", Want(FrameType::auth, "auth")},
+        {"auth", R"({"type":"auth","sig":"c2ln"})", Want(FrameType::auth, "auth").with_sig("c2ln")},
+        {"auth with nonce and ref", R"({"type":"auth","ref":"a1","nonce":"bm9uY2U=","sig":"c2ln"})",
+         Want(FrameType::auth, "auth").with_ref("a1").with_sig("c2ln").with_nonce("bm9uY2U=")},
+        {"auth without sig", R"({"type":"auth"})", Want(FrameType::auth, "auth")},
         {"unknown type", R"({"type":"ping","ref":"p1"})",
          Want(FrameType::unknown, "ping").with_ref("p1")},
         {"empty type", R"({"type":""})", Want(FrameType::unknown, "")},
@@ -387,6 +421,15 @@ TEST(FrameParse, HelloErrors) {
          "\"device\" is longer than 1024 bytes"},
         {"epoch too long", R"({"type":"hello","epoch":")" + std::string(257, 'e') + "\"}",
          "\"epoch\" is longer than 256 bytes"},
+        {"pubkey not a string", R"({"type":"hello","pubkey":[1]})", "\"pubkey\" must be a string"},
+        {"pubkey too long", R"({"type":"hello","pubkey":")" + std::string(4097, 'k') + "\"}",
+         "\"pubkey\" is longer than 4096 bytes"},
+        {"sig not a string", R"({"type":"auth","sig":5,"ref":"a"})", "\"sig\" must be a string",
+         "a"},
+        {"sig too long", R"({"type":"auth","sig":")" + std::string(4097, 's') + "\"}",
+         "\"sig\" is longer than 4096 bytes"},
+        {"nonce not a string", R"({"type":"auth","sig":"x","nonce":null})",
+         "\"nonce\" must be a string"},
         {"ref echoed, resume bad", R"({"type":"hello","token":"t","resume":-5,"ref":"h1"})", resume,
          "h1"},
     };
@@ -578,6 +621,10 @@ TEST(FrameParse, ReuseResetsEveryField) {
         {"send again", R"({"type":"send","to":"carol","body":[ ]})",
          Want(FrameType::send, "send").with_to("carol").with_body("[ ]")},
         {"ack", R"({"type":"ack","upto":3})", Want(FrameType::ack, "ack").with_upto(3)},
+        {"ed25519 hello", R"({"type":"hello","id":"a","pubkey":"k"})",
+         Want(FrameType::hello, "hello").with_claimed_id("a").with_pubkey("k")},
+        {"auth", R"({"type":"auth","sig":"s","nonce":"n"})",
+         Want(FrameType::auth, "auth").with_sig("s").with_nonce("n")},
     };
     Frame f;
     for (int round = 0; round < 2; ++round) {
