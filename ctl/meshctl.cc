@@ -68,6 +68,10 @@ Commands:
   device forget NAME DEVICE
                            close DEVICE of NAME, delete its cursor and free its slot
                            (limits.max_devices); it next starts from the whole log
+  key add NAME PUBKEY      register an ed25519 public key (standard base64) for NAME;
+                           a principal may have several, one per device
+  key list [NAME]          list the registered keys (of NAME) and the sessions using them
+  key revoke NAME PUBKEY   remove a key of NAME and close the sessions it opened
   group add GROUP MEMBER...
                            create GROUP ("team" or "#team") or add members to it
   group list               list groups and their members
@@ -298,6 +302,9 @@ enum class Command {
     user_token,
     device_list,
     device_forget,
+    key_add,
+    key_list,
+    key_revoke,
     group_add,
     group_list,
     group_del,
@@ -311,6 +318,7 @@ struct Invocation {
     Command command = Command::help;
     std::string name;                 // NAME for the user and device commands
     std::string device;               // DEVICE for device forget
+    std::string pubkey;               // PUBKEY of key add and key revoke
     std::string group;                // GROUP of the group commands, without its '#'
     std::vector<std::string> members; // MEMBER... of group add and group remove
 };
@@ -387,6 +395,28 @@ std::optional<Failure> parse_command(const Options& opt, Invocation& inv) {
             return usage_error("unknown subcommand \"device " + printable(sub) +
                                "\"; use device list or device forget");
         }
+    } else if (first == "key") {
+        if (w.size() < 2)
+            return usage_error("key needs a subcommand: add, list or revoke");
+        const std::string& sub = w[1];
+        if (sub == "list") {
+            inv.command = Command::key_list;
+            if (w.size() > 2)
+                inv.name = w[2];
+            err = no_more(3, "key list NAME");
+        } else if (sub == "add" || sub == "revoke") {
+            inv.command = sub == "add" ? Command::key_add : Command::key_revoke;
+            if (w.size() < 4)
+                return usage_error("key " + sub + " needs " +
+                                   (w.size() < 3 ? "a NAME and a PUBKEY" : "a PUBKEY") +
+                                   ": meshctl key " + sub + " NAME PUBKEY");
+            inv.name = w[2];
+            inv.pubkey = w[3];
+            err = no_more(4, ("key " + sub + " NAME PUBKEY").c_str());
+        } else {
+            return usage_error("unknown subcommand \"key " + printable(sub) +
+                               "\"; use key add, key list or key revoke");
+        }
     } else if (first == "group") {
         if (w.size() < 2)
             return usage_error("group needs a subcommand: add, list, del or remove");
@@ -416,7 +446,7 @@ std::optional<Failure> parse_command(const Options& opt, Invocation& inv) {
     } else {
         return usage_error("unknown command \"" + printable(first) +
                            "\"; commands: status, user add|list|del|token, device list|forget, "
-                           "group add|list|del|remove, sessions, reload");
+                           "key add|list|revoke, group add|list|del|remove, sessions, reload");
     }
     if (!err && opt.agent && inv.command != Command::user_add)
         err = usage_error("--agent only applies to user add");
@@ -447,6 +477,15 @@ std::string build_request(const Invocation& inv, bool agent) {
     case Command::device_forget:
         json_append_string(req, "device.forget");
         break;
+    case Command::key_add:
+        json_append_string(req, "key.add");
+        break;
+    case Command::key_list:
+        json_append_string(req, "key.list");
+        break;
+    case Command::key_revoke:
+        json_append_string(req, "key.revoke");
+        break;
     case Command::group_add:
         json_append_string(req, "group.add");
         break;
@@ -470,9 +509,15 @@ std::string build_request(const Invocation& inv, bool agent) {
     }
     if (inv.command == Command::user_add || inv.command == Command::user_del ||
         inv.command == Command::user_token || inv.command == Command::device_list ||
-        inv.command == Command::device_forget) {
+        inv.command == Command::device_forget || inv.command == Command::key_add ||
+        inv.command == Command::key_revoke ||
+        (inv.command == Command::key_list && !inv.name.empty())) {
         req += R"(,"name":)";
         json_append_string(req, inv.name);
+    }
+    if (inv.command == Command::key_add || inv.command == Command::key_revoke) {
+        req += R"(,"pubkey":)";
+        json_append_string(req, inv.pubkey);
     }
     if (inv.command == Command::device_forget) {
         req += R"(,"device":)";
@@ -858,16 +903,15 @@ std::string render_sessions(element r) {
     int64_t now = now_ms();
     for (element s : get_array(r, "sessions")) {
         std::optional<int64_t> connected = get_int(s, "connected_ms");
-        rows.push_back({str_or(s, "id"), str_or(s, "device"), str_or(s, "remote"),
-                        str_or(s, "auth"),
-                        connected ? format_duration_s((now - *connected) / 1000) : "?",
-                        int_or(s, "cursor"), int_or(s, "sent_seq"), int_or(s, "head"),
-                        int_or(s, "lag"), str_or(s, "session")});
+        rows.push_back(
+            {str_or(s, "id"), str_or(s, "device"), str_or(s, "remote"), str_or(s, "auth"),
+             connected ? format_duration_s((now - *connected) / 1000) : "?", int_or(s, "cursor"),
+             int_or(s, "sent_seq"), int_or(s, "head"), int_or(s, "lag"), str_or(s, "session")});
     }
     if (rows.empty())
         return "no sessions\n";
-    return render_table({"NAME", "DEVICE", "REMOTE", "AUTH", "CONNECTED", "CURSOR", "SENT",
-                         "HEAD", "LAG", "SESSION"},
+    return render_table({"NAME", "DEVICE", "REMOTE", "AUTH", "CONNECTED", "CURSOR", "SENT", "HEAD",
+                         "LAG", "SESSION"},
                         {false, false, false, false, true, true, true, true, true, false}, rows);
 }
 
@@ -887,6 +931,34 @@ std::string render_device_list(element r, const Invocation& inv) {
 
 std::string render_device_forget(element r, const Invocation& inv) {
     std::string out = "forgot device " + str_or(r, "device", inv.device.c_str()) + " of " +
+                      str_or(r, "id", inv.name.c_str());
+    if (std::optional<int64_t> closed = get_int(r, "closed_sessions"))
+        out += "; closed " + plural(*closed, "session", "sessions");
+    return out + "\n";
+}
+
+std::string render_key_add(element r, const Invocation& inv) {
+    return "added key " + str_or(r, "key", inv.pubkey.c_str()) + " for " +
+           str_or(r, "id", inv.name.c_str()) + "\n";
+}
+
+// One row per key, as the daemon sorted them (by name, then time added).
+std::string render_key_list(element r, const Invocation& inv) {
+    std::vector<std::vector<std::string>> rows;
+    for (element k : get_array(r, "keys")) {
+        std::optional<int64_t> added = get_int(k, "added_ms");
+        rows.push_back({str_or(k, "id"), str_or(k, "key"), added ? format_utc(*added) : "?",
+                        int_or(k, "sessions")});
+    }
+    if (rows.empty())
+        return (inv.name.empty() ? std::string("no keys") : printable(inv.name) + " has no keys") +
+               "; add one with: meshctl key add NAME PUBKEY\n";
+    return render_table({"NAME", "KEY", "ADDED (UTC)", "SESSIONS"}, {false, false, false, true},
+                        rows);
+}
+
+std::string render_key_revoke(element r, const Invocation& inv) {
+    std::string out = "revoked key " + str_or(r, "key", inv.pubkey.c_str()) + " of " +
                       str_or(r, "id", inv.name.c_str());
     if (std::optional<int64_t> closed = get_int(r, "closed_sessions"))
         out += "; closed " + plural(*closed, "session", "sessions");
@@ -1058,6 +1130,12 @@ int handle_response(const Options& opt, const Invocation& inv, const SocketChoic
         return finish(render_device_list(result, inv));
     case Command::device_forget:
         return finish(render_device_forget(result, inv));
+    case Command::key_add:
+        return finish(render_key_add(result, inv));
+    case Command::key_list:
+        return finish(render_key_list(result, inv));
+    case Command::key_revoke:
+        return finish(render_key_revoke(result, inv));
     case Command::group_add:
         return finish(render_group_change(result, inv, "added"));
     case Command::group_list:

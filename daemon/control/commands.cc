@@ -2,6 +2,7 @@
 #include "control/commands.h"
 
 #include "control/request.h"
+#include "core/base64.h"
 #include "core/clock.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -345,6 +346,146 @@ void cmd_device_forget(CommandContext& ctx, std::string_view name, std::string_v
     });
 }
 
+// ---- ed25519 keys --------------------------------------------------------------------------
+
+// What a session opened with this key calls its credential (auth_ed25519 names it so).
+std::string key_credential(std::string_view pubkey) {
+    return "ed25519:" + core::base64_encode(pubkey);
+}
+
+// PUBKEY as the admin typed it, quoted and cut short, for one-line errors.
+std::string shown_arg(std::string_view text) {
+    constexpr size_t max_shown = 60;
+    std::string out = "\"";
+    for (size_t i = 0; i < text.size() && i < max_shown; ++i) {
+        auto c = static_cast<unsigned char>(text[i]);
+        out += c < 0x20 || c >= 0x7f ? '?' : static_cast<char>(c);
+    }
+    if (text.size() > max_shown)
+        out += "...";
+    return out + "\"";
+}
+
+// The 32 raw bytes of a PUBKEY argument, or a bad_key reply saying what is wrong with it.
+std::optional<std::string> pubkey_arg(std::string_view text, const Reply& reply) {
+    const std::string how =
+        "; give the ed25519 public key (32 bytes) as 44 characters of standard base64";
+    if (text.empty()) {
+        reply(fail("bad_key", "PUBKEY is empty" + how));
+        return std::nullopt;
+    }
+    auto raw = core::base64_decode(text);
+    if (!raw) {
+        reply(fail("bad_key", "PUBKEY " + shown_arg(text) +
+                                  " is not standard base64 (A-Z a-z 0-9 + /, optional = "
+                                  "padding)" +
+                                  how));
+        return std::nullopt;
+    }
+    if (raw->size() != store::ed25519_key_bytes) {
+        reply(fail("bad_key", "PUBKEY " + shown_arg(text) + " decodes to " +
+                                  std::to_string(raw->size()) +
+                                  " bytes, not the 32 of an ed25519 public key" + how));
+        return std::nullopt;
+    }
+    return raw;
+}
+
+// Live sessions per credential, for key list.
+std::map<std::string, int64_t> sessions_by_credential(CommandContext& ctx) {
+    std::map<std::string, int64_t> out;
+    ctx.broker.for_each_session([&](const session::Session& s) { ++out[s.credential()]; });
+    return out;
+}
+
+void cmd_key_add(CommandContext& ctx, std::string_view name, std::string_view pubkey,
+                 const Reply& reply) {
+    store::Principal* p = principal_arg(ctx, name, reply);
+    if (!p)
+        return;
+    auto raw = pubkey_arg(pubkey, reply);
+    if (!raw)
+        return;
+    int64_t now = core::wall_ms();
+    if (auto r = ctx.store.add_key(p, *raw, now); !r) {
+        reply(fail(r.error().code, r.error().message));
+        return;
+    }
+    std::string id = p->name;
+    std::string result = "{";
+    field(result, "id", id, true);
+    field(result, "key", core::base64_encode(*raw));
+    field_int(result, "added_ms", now);
+    result += '}';
+    ctx.broker.after_commit([reply, id, result](const core::Error* error) {
+        if (error) {
+            reply(fail(error->code, error->message));
+            return;
+        }
+        MESHD_LOG(info, "control.key_added", "id=%s", id.c_str());
+        reply(ok(result));
+    });
+}
+
+// name: the principal whose keys to list; absent: every principal's.
+void cmd_key_list(CommandContext& ctx, std::optional<std::string_view> name, const Reply& reply) {
+    const store::Principal* p = nullptr;
+    if (name) {
+        p = principal_arg(ctx, *name, reply);
+        if (!p)
+            return;
+    }
+    std::map<std::string, int64_t> live = sessions_by_credential(ctx);
+    std::string r = R"({"keys":[)";
+    bool first = true;
+    for (const store::StoredKey& k : ctx.store.keys(p)) {
+        if (!first)
+            r += ',';
+        first = false;
+        auto it = live.find(key_credential(k.pubkey));
+        r += '{';
+        field(r, "id", k.principal->name, true);
+        field(r, "key", core::base64_encode(k.pubkey));
+        field_int(r, "added_ms", k.added_ms);
+        field_int(r, "sessions", it == live.end() ? 0 : it->second);
+        r += '}';
+    }
+    r += "]}";
+    reply(ok(r));
+}
+
+void cmd_key_revoke(CommandContext& ctx, std::string_view name, std::string_view pubkey,
+                    const Reply& reply) {
+    store::Principal* p = principal_arg(ctx, name, reply);
+    if (!p)
+        return;
+    auto raw = pubkey_arg(pubkey, reply);
+    if (!raw)
+        return;
+    if (auto r = ctx.store.revoke_key(p, *raw); !r) {
+        reply(fail(r.error().code, r.error().message));
+        return;
+    }
+    // Only the sessions this key opened end, and at once (see user del for why not after
+    // the commit); the principal's other keys and its token keep theirs.
+    size_t closed =
+        ctx.broker.close_principal(*p, 4002, "credentials revoked", key_credential(*raw));
+    std::string id = p->name;
+    std::string result = "{";
+    field(result, "id", id, true);
+    field(result, "key", core::base64_encode(*raw));
+    field_int(result, "closed_sessions", static_cast<int64_t>(closed));
+    result += '}';
+    ctx.broker.after_commit([reply, id, closed, result](const core::Error* error) {
+        if (error) {
+            reply(fail(error->code, error->message));
+            return;
+        }
+        MESHD_LOG(info, "control.key_revoked", "id=%s closed_sessions=%zu", id.c_str(), closed);
+        reply(ok(result));
+    });
+}
+
 // ---- groups ------------------------------------------------------------------------------
 
 std::string group_json(const store::Group& g, std::string_view extra_key,
@@ -498,6 +639,15 @@ void handle_command(CommandContext& ctx, std::string_view line, Reply reply) {
         cmd_device_list(ctx, arg("name"), reply);
     else if (cmd == "device.forget")
         cmd_device_forget(ctx, arg("name"), arg("device"), reply);
+    else if (cmd == "key.add")
+        cmd_key_add(ctx, arg("name"), arg("pubkey"), reply);
+    else if (cmd == "key.list")
+        cmd_key_list(ctx,
+                     req.members.contains("name") ? std::optional<std::string_view>(arg("name"))
+                                                  : std::nullopt,
+                     reply);
+    else if (cmd == "key.revoke")
+        cmd_key_revoke(ctx, arg("name"), arg("pubkey"), reply);
     else if (cmd == "group.add" || cmd == "group.remove")
         cmd_group_change(ctx, cmd == "group.add", arg("group"), string_array("members"), reply);
     else if (cmd == "group.list")
