@@ -506,7 +506,7 @@ constexpr KeySpec key_table[] = {
      .help = "directory the modules are loaded from, as DIR/NAME.so",
      .set = set_path<&Config::modules_dir>, .same = same_member<&Config::modules_dir>},
     {.name = "modules.load", .kind = Kind::module_list,
-     .default_toml = R"(["auth_token", "route_direct", "route_groups"])",
+     .default_toml = R"(["auth_token", "auth_ed25519", "route_direct", "route_groups"])",
      .help = "modules to load, in order",
      .set = set_module_list, .same = same_member<&Config::modules_load>},
     {.name = "limits.max_frame", .kind = Kind::integer,

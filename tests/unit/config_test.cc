@@ -64,7 +64,8 @@ void expect_defaults(const Config& c) {
     EXPECT_EQ(c.data_dir, "/var/lib/meshd");
     EXPECT_EQ(c.control_socket, "/run/meshd/control.sock");
     EXPECT_EQ(c.modules_dir, "/usr/lib/meshd/modules");
-    EXPECT_EQ(c.modules_load, (std::vector<std::string>{"auth_token", "route_direct", "route_groups"}));
+    EXPECT_EQ(c.modules_load, (std::vector<std::string>{"auth_token", "auth_ed25519",
+                                                        "route_direct", "route_groups"}));
     EXPECT_EQ(c.max_frame, 1048576);
     EXPECT_EQ(c.max_depth, 64);
     EXPECT_EQ(c.max_queue, 4194304);
