@@ -442,6 +442,32 @@ async def test_frames_while_challenged_have_no_effect():
         assert w["seq"] == 0, "the early send must not have been stored"
 
 
+@async_test
+async def test_refusals_count_as_failed_logins_for_ratelimit():
+    # Every refusal, the unanswered challenge too, reaches the auth_failed hook: with the
+    # ratelimit module, they use up the address's failed logins like bad tokens do.
+    extra = ("[auth_ed25519]\nchallenge_timeout_ms = 200\n"
+             "[ratelimit]\nauth_fail_rate = 0.1\nauth_fail_burst = 3\n")
+    async with Meshd(load=LOAD + ("ratelimit",), extra=extra) as m:
+        m.add_user("alice")
+        key, stranger = Key(), Key()
+        add_key(m, "alice", key)
+        c, nonce = await challenged(m, "alice", key.b64, device="a")
+        await c.send_frame({"type": "auth", "sig": key.sign(nonce)})  # no prefix
+        await refused(c, "bad signature")
+        c, nonce = await challenged(m, "alice", stranger.b64, device="b")
+        await c.send_frame({"type": "auth", "sig": stranger.answer(nonce)})
+        await refused(c, "unregistered key")
+        c, nonce = await challenged(m, "alice", key.b64, device="c")
+        await refused(c, "no answer")
+        assert len(re.findall(r"event=session\.auth_failed ", m.current_log())) == 3
+        # The right key is now refused at connect, before its hello is read.
+        c = await m.connect(hello=False, label="blocked")
+        e = await c.expect_error("rate_limited")
+        assert "failed logins" in e["message"], e
+        assert await c.wait_closed() == 1013
+
+
 # ---- revoke, delete -----------------------------------------------------------------------
 
 @async_test
