@@ -616,7 +616,8 @@ TEST(ConfigModuleTables, Flattened) {
     EXPECT_EQ(t.at("max").integer, -5);
     EXPECT_EQ(t.at("strict").type, ModuleValue::Type::boolean);
     EXPECT_TRUE(t.at("strict").boolean);
-    EXPECT_EQ(t.at("ratio").type, ModuleValue::Type::other);
+    EXPECT_EQ(t.at("ratio").type, ModuleValue::Type::floating);
+    EXPECT_EQ(t.at("ratio").floating, 1.5);
     EXPECT_EQ(t.at("list").type, ModuleValue::Type::other);
     EXPECT_EQ(t.at("sub.k").string, "v");
     EXPECT_EQ(t.at("sub.deeper.n").integer, 7);
