@@ -139,6 +139,14 @@ class Daemon {
                 lines.push_back(e.to_string());
             return core::make_error("bad_config", join(lines, "\n"));
         }
+        // Module tables are checked against the keys each module declares before anything
+        // changes, so a bad module key refuses the reload as a whole, like a bad core key.
+        if (auto errors = modules_->check_config(*loaded.config); !errors.empty()) {
+            std::vector<std::string> lines;
+            for (const auto& e : errors)
+                lines.push_back(e.to_string());
+            return core::make_error("bad_config", join(lines, "\n"));
+        }
         core::ConfigDiff applied = core::diff_config(*config_, *loaded.config);
         core::ConfigDiff since_start = core::diff_config(started_config_, *loaded.config);
         core::Config& next = *loaded.config;
@@ -146,9 +154,14 @@ class Daemon {
         broker_->apply_limits(session::BrokerLimits::from(next));
         ws_->set_max_frame(static_cast<size_t>(next.max_frame));
         store_->set_dedupe_window_s(next.dedupe_window_s);
-        modules_->reload(next);
+        core::ConfigDiff module_keys = modules_->reload(next);
         config_ = std::move(loaded.config);
         core::ConfigDiff result{applied.applied, since_start.restart_required};
+        result.applied.insert(result.applied.end(), module_keys.applied.begin(),
+                              module_keys.applied.end());
+        result.restart_required.insert(result.restart_required.end(),
+                                       module_keys.restart_required.begin(),
+                                       module_keys.restart_required.end());
         std::string applied_text = join(result.applied, ",");
         std::string restart_text = join(result.restart_required, ",");
         MESHD_LOG(info, "config.reloaded", "applied=%s restart_required=%s",

@@ -659,6 +659,10 @@ void flatten_module_table(const toml::table& table, const std::string& prefix, M
             continue;
         }
         ModuleValue value;
+        value.line = static_cast<int>(node.source().begin.line);
+        value.column = static_cast<int>(node.source().begin.column);
+        value.key_line = static_cast<int>(key.source().begin.line);
+        value.key_column = static_cast<int>(key.source().begin.column);
         if (const auto* i = node.as_integer()) {
             value.type = ModuleValue::Type::integer;
             value.integer = i->get();
@@ -886,6 +890,13 @@ ConfigDiff diff_config(const Config& before, const Config& after) {
         (k.reloadable ? diff.applied : diff.restart_required).push_back(std::string(k.name));
     }
     return diff;
+}
+
+Result<ListenAddr> parse_listen_addr(std::string_view text) {
+    auto parsed = parse_listen(text);
+    if (auto* why = std::get_if<std::string>(&parsed))
+        return make_error("bad_config", std::move(*why));
+    return std::get<ListenAddr>(std::move(parsed));
 }
 
 std::string_view to_string(SyncMode mode) {

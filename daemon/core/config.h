@@ -5,6 +5,8 @@
 // `FILE:LINE:COL: message` errors of `meshd --check`, and lists the keys for meshd.toml(5).
 #pragma once
 
+#include "core/result.h"
+
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -30,6 +32,9 @@ struct ModuleValue {
     double floating = 0;
     bool boolean = false;
     std::string string;
+    // Where the value and its key are in the file (1-based), for module config errors.
+    int line = 0, column = 0;
+    int key_line = 0, key_column = 0;
 };
 using ModuleTable = std::map<std::string, ModuleValue, std::less<>>;
 
@@ -100,6 +105,10 @@ struct ConfigDiff {
     std::vector<std::string> restart_required; // non-reloadable keys that changed
 };
 ConfigDiff diff_config(const Config& before, const Config& after);
+
+// "host:port" ("127.0.0.1:7700", "[::1]:7700"; numeric hosts only) as server.listen takes it,
+// or the reason it is not one.
+Result<ListenAddr> parse_listen_addr(std::string_view text);
 
 std::string_view to_string(SyncMode);
 std::string_view to_string(LogLevel);

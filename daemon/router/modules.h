@@ -44,6 +44,29 @@ struct ModuleInfo {
     std::string file;
 };
 
+// An HTTP listener a module asked for from its init (meshd_host_http_listen); the transport
+// opens it with the WebSocket listeners.
+struct HttpListen {
+    std::string module;
+    size_t module_index = 0;
+    core::ListenAddr addr;
+    std::string path;       // the one path served; others get 404
+    std::string config_key; // where addr came from, for errors: "[metrics] listen"
+};
+
+// An HTTP listener as opened: "host:port" with the real port (for status and logs).
+struct HttpListening {
+    std::string module;
+    std::string listen;
+    std::string path;
+};
+
+struct HttpReply {
+    int status = 200;
+    std::string content_type = "text/plain; charset=utf-8";
+    std::string body;
+};
+
 class ModuleSet {
   public:
     // Loads and initialises every module of config.modules_load. Errors name the file.
@@ -55,6 +78,10 @@ class ModuleSet {
 
     bool has_auth() const;
     std::vector<ModuleInfo> info() const;
+    const std::vector<HttpListen>& http_listens() const { return http_listens_; }
+    // Asks the module behind http_listens()[listener] to answer a GET or HEAD of its path.
+    HttpReply http(size_t listener, std::string_view method, std::string_view path,
+                   std::string_view query, std::string_view remote_addr);
 
     AuthOutcome auth(std::string_view token, std::string_view claimed_id, std::string_view device,
                      std::string_view remote_addr);
@@ -70,12 +97,18 @@ class ModuleSet {
     void session_event(bool connect, const store::Principal& p, std::string_view device,
                        std::string_view session);
     void tick(int64_t now_ms);
+    // The errors of the new config's module tables against the keys each module declares;
+    // empty if reload() may be called with it.
+    std::vector<core::ConfigError> check_config(const core::Config& config) const;
     // Hands the new config's module tables to the modules and calls their reload hooks.
-    void reload(const core::Config& config);
+    // Returns the module keys that changed ("metrics.path"), split like core keys; a key that
+    // is not reloadable keeps its start value.
+    core::ConfigDiff reload(const core::Config& config);
 
   private:
     ModuleSet() = default;
     std::vector<std::unique_ptr<LoadedModule>> modules_;
+    std::vector<HttpListen> http_listens_;
     bool has_stored_ = false;
 };
 
