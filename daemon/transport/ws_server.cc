@@ -68,6 +68,10 @@ class Connection final : public session::Link {
     }
 
     void on_receive(const char* in, size_t len, bool first, bool final, bool binary) {
+        WsServer::Metrics& m = server_.metrics();
+        m.bytes_received.add(static_cast<double>(len));
+        if (final)
+            m.frames_received.inc();
         if (first) {
             rx_.clear();
             rx_total_ = 0;
@@ -118,6 +122,9 @@ class Connection final : public session::Link {
             session::OutFrame f = session_->next_frame();
             if (f.kind == session::OutFrame::Kind::none)
                 break;
+            WsServer::Metrics& m = server_.metrics();
+            m.frames_sent.inc();
+            m.bytes_sent.add(static_cast<double>(f.len));
             if (f.kind == session::OutFrame::Kind::text) {
                 append_frame_header(batch, f.len);
                 batch.append(f.data, f.len);
@@ -334,6 +341,15 @@ core::Result<std::unique_ptr<WsServer>> WsServer::start(uv_loop_t* loop, const c
             addr.host.find(':') == std::string::npos ? addr.host : "[" + addr.host + "]";
         server->listening_.push_back(host + ":" + std::to_string(port));
     }
+    server->metrics_.frames_received = core::core_counter(
+        "meshd_frames_received_total", "WebSocket messages (meshd frames) received from clients.");
+    server->metrics_.frames_sent = core::core_counter(
+        "meshd_frames_sent_total",
+        "WebSocket messages (meshd frames, pings and closes) written to clients.");
+    server->metrics_.bytes_received = core::core_counter(
+        "meshd_received_bytes_total", "Payload bytes of WebSocket messages received.");
+    server->metrics_.bytes_sent = core::core_counter(
+        "meshd_sent_bytes_total", "Payload bytes of WebSocket messages written.");
     return server;
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "core/config.h"
+#include "core/metrics.h"
 #include "core/result.h"
 #include "session/broker.h"
 
@@ -45,11 +46,18 @@ class WsServer {
     // The reused buffer a writable callback frames its output into.
     std::string& write_batch() { return write_batch_; }
 
+    // Counted per WebSocket message (one meshd frame), payload bytes only.
+    struct Metrics {
+        core::Counter frames_received, frames_sent, bytes_received, bytes_sent;
+    };
+    Metrics& metrics() { return metrics_; }
+
   private:
     WsServer(session::Broker& broker) : broker_(broker) {}
     ::lws_context* context_ = nullptr;
     session::Broker& broker_;
     std::vector<std::string> listening_;
+    Metrics metrics_;
     size_t max_frame_ = 1 << 20;
     std::string write_batch_;
     bool accepting_ = true;
