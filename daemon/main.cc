@@ -108,7 +108,7 @@ class Daemon {
 
         commands_ = std::make_unique<control::CommandContext>(
             control::CommandContext{*broker_, *store_, *modules_, [this] { return reload(); },
-                                    ws_->listening(), started_ms_});
+                                    ws_->listening(), started_ms_, ws_->http_listening()});
         auto ctl = control::ControlServer::start(
             loop_, config_->control_socket, [this](std::string_view line, control::Reply reply) {
                 control::handle_command(*commands_, line, std::move(reply));
@@ -118,8 +118,14 @@ class Daemon {
         control_ = std::move(ctl.value());
 
         std::string listen = join(ws_->listening(), ",");
-        MESHD_LOG(info, "server.ready", "listen=%s control=%s version=%s pid=%d", listen.c_str(),
-                  config_->control_socket.c_str(), MESHD_VERSION, static_cast<int>(getpid()));
+        // Module HTTP listeners come last, after the fields scripts already parse.
+        std::vector<std::string> http;
+        for (const auto& l : ws_->http_listening())
+            http.push_back(l.listen);
+        std::string http_field = http.empty() ? std::string() : " http=" + join(http, ",");
+        MESHD_LOG(info, "server.ready", "listen=%s control=%s version=%s pid=%d%s",
+                  listen.c_str(), config_->control_socket.c_str(), MESHD_VERSION,
+                  static_cast<int>(getpid()), http_field.c_str());
 
         uv_run(loop_, UV_RUN_DEFAULT);
         teardown();

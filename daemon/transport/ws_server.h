@@ -3,11 +3,14 @@
 // Owns the lws context, one vhost per `server.listen` address, and each connection's
 // receive assembly (fragments -> one frame, bounded by limits.max_frame). Output is pulled
 // from the session on each writable callback and leaves in one socket write per callback.
+// Also one HTTP-only vhost per listener a module asked for (meshd_host_http_listen): GET and
+// HEAD of its path go to the module's http hook; never a WebSocket upgrade there.
 #pragma once
 
 #include "core/config.h"
 #include "core/metrics.h"
 #include "core/result.h"
+#include "router/modules.h"
 #include "session/broker.h"
 
 #include <memory>
@@ -32,6 +35,8 @@ class WsServer {
 
     // The addresses really listened on (port 0 resolved), as "host:port".
     const std::vector<std::string>& listening() const { return listening_; }
+    // The modules' HTTP listeners, likewise with their real ports.
+    const std::vector<router::HttpListening>& http_listening() const { return http_listening_; }
     void set_max_frame(size_t max_frame) { max_frame_ = max_frame; }
     // Refuse new connections from now on.
     void stop_accepting() { accepting_ = false; }
@@ -52,11 +57,19 @@ class WsServer {
     };
     Metrics& metrics() { return metrics_; }
 
+    // What an HTTP vhost's user pointer points at: which module listener it serves.
+    struct HttpVhost {
+        WsServer* server;
+        size_t listener; // index into broker().modules().http_listens()
+    };
+
   private:
     WsServer(session::Broker& broker) : broker_(broker) {}
     ::lws_context* context_ = nullptr;
     session::Broker& broker_;
     std::vector<std::string> listening_;
+    std::vector<router::HttpListening> http_listening_;
+    std::vector<std::unique_ptr<HttpVhost>> http_vhosts_;
     Metrics metrics_;
     size_t max_frame_ = 1 << 20;
     std::string write_batch_;
