@@ -526,9 +526,11 @@ core::Result<std::unique_ptr<WsServer>> WsServer::start(uv_loop_t* loop, const c
     const auto& http = broker.modules().http_listens();
     for (size_t i = 0; i < http.size(); ++i) {
         const router::HttpListen& l = http[i];
-        auto vhost = std::make_unique<HttpVhost>(HttpVhost{server.get(), i});
-        std::string listening =
-            open_vhost("http" + std::to_string(i), l.addr, http_protocols, vhost.get());
+        // Owned by the server from here, even if the vhost fails: lws may still pass its user
+        // pointer to callbacks while it tears the failed vhost down.
+        server->http_vhosts_.push_back(std::make_unique<HttpVhost>(HttpVhost{server.get(), i}));
+        std::string listening = open_vhost("http" + std::to_string(i), l.addr, http_protocols,
+                                           server->http_vhosts_.back().get());
         if (listening.empty())
             return fail("cannot listen on " + l.addr.text + " (" + l.config_key + ", for module " +
                         l.module + "): address in use or not available on this host; change " +
@@ -536,7 +538,6 @@ core::Result<std::unique_ptr<WsServer>> WsServer::start(uv_loop_t* loop, const c
         MESHD_LOG(info, "http.listen", "module=%s listen=%s path=%s", l.module.c_str(),
                   listening.c_str(), core::log_value(l.path).c_str());
         server->http_listening_.push_back({l.module, std::move(listening), l.path});
-        server->http_vhosts_.push_back(std::move(vhost));
     }
     server->metrics_.frames_received = core::core_counter(
         "meshd_frames_received_total", "WebSocket messages (meshd frames) received from clients.");
