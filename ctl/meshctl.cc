@@ -803,8 +803,8 @@ std::string render_status(element r) {
     std::string sessions = int_or(r, "sessions");
     element by_kind;
     if (r["sessions_by_kind"].get(by_kind) == simdjson::SUCCESS)
-        sessions += " (" + int_or(by_kind, "user") + " user, " + int_or(by_kind, "agent") +
-                    " agent)";
+        sessions +=
+            " (" + int_or(by_kind, "user") + " user, " + int_or(by_kind, "agent") + " agent)";
     out += "sessions:     " + sessions + '\n';
     out += "principals:   " + int_or(r, "principals") + '\n';
     element store;

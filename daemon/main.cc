@@ -123,9 +123,9 @@ class Daemon {
         for (const auto& l : ws_->http_listening())
             http.push_back(l.listen);
         std::string http_field = http.empty() ? std::string() : " http=" + join(http, ",");
-        MESHD_LOG(info, "server.ready", "listen=%s control=%s version=%s pid=%d%s",
-                  listen.c_str(), config_->control_socket.c_str(), MESHD_VERSION,
-                  static_cast<int>(getpid()), http_field.c_str());
+        MESHD_LOG(info, "server.ready", "listen=%s control=%s version=%s pid=%d%s", listen.c_str(),
+                  config_->control_socket.c_str(), MESHD_VERSION, static_cast<int>(getpid()),
+                  http_field.c_str());
 
         uv_run(loop_, UV_RUN_DEFAULT);
         teardown();

@@ -312,11 +312,10 @@ Result<MetricSeries*> MetricsRegistry::series(MetricType type, std::string_view 
     if (family) {
         if (family->type != type)
             return make_error("bad_metric", quoted + " is already registered as a " +
-                                                std::string(to_string(family->type)) +
-                                                ", not a " + std::string(to_string(type)));
+                                                std::string(to_string(family->type)) + ", not a " +
+                                                std::string(to_string(type)));
         if (type == MetricType::histogram &&
-            !std::equal(bounds.begin(), bounds.end(), family->bounds.begin(),
-                        family->bounds.end()))
+            !std::equal(bounds.begin(), bounds.end(), family->bounds.begin(), family->bounds.end()))
             return make_error("bad_metric",
                               quoted + " is already registered with other bucket bounds");
         for (auto& s : family->series)
@@ -326,16 +325,15 @@ Result<MetricSeries*> MetricsRegistry::series(MetricType type, std::string_view 
         // The series names a histogram renders must not be another family's name.
         for (auto& f : families_) {
             for (std::string_view suffix : histogram_suffixes) {
-                bool clash = (f->type == MetricType::histogram &&
-                              name == f->name + std::string(suffix)) ||
-                             (type == MetricType::histogram &&
-                              f->name == std::string(name) + std::string(suffix));
+                bool clash =
+                    (f->type == MetricType::histogram && name == f->name + std::string(suffix)) ||
+                    (type == MetricType::histogram &&
+                     f->name == std::string(name) + std::string(suffix));
                 if (clash)
-                    return make_error("bad_metric",
-                                      quoted + " clashes with the series of histogram '" +
-                                          (type == MetricType::histogram ? std::string(name)
-                                                                         : f->name) +
-                                          "'");
+                    return make_error(
+                        "bad_metric",
+                        quoted + " clashes with the series of histogram '" +
+                            (type == MetricType::histogram ? std::string(name) : f->name) + "'");
             }
         }
     }

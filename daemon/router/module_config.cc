@@ -161,8 +161,8 @@ std::vector<core::ConfigError> check_module_table(std::string_view module,
             errors.push_back({file, value.key_line, value.key_column, std::move(message)});
             continue;
         }
-        bool ranged = (k->type == MESHD_CONFIG_INT || k->type == MESHD_CONFIG_DOUBLE) &&
-                      k->min <= k->max;
+        bool ranged =
+            (k->type == MESHD_CONFIG_INT || k->type == MESHD_CONFIG_DOUBLE) && k->min <= k->max;
         std::string expected = type_name(k->type);
         if (ranged)
             expected += " " + number_text(k->min) + ".." + number_text(k->max);
@@ -174,8 +174,8 @@ std::vector<core::ConfigError> check_module_table(std::string_view module,
             continue;
         }
         if (ranged) {
-            double v = value.type == Type::integer ? static_cast<double>(value.integer)
-                                                   : value.floating;
+            double v =
+                value.type == Type::integer ? static_cast<double>(value.integer) : value.floating;
             if (std::isnan(v) || v < k->min || v > k->max)
                 errors.push_back(
                     {file, value.line, value.column, what + ", got " + describe(value)});

@@ -349,9 +349,9 @@ std::vector<core::ConfigError> ModuleSet::check_config(const core::Config& confi
     static const core::ModuleTable empty;
     for (const auto& m : modules_) {
         auto it = config.module_tables.find(m->name);
-        auto more = check_module_table(m->name, m->desc->config,
-                                       it == config.module_tables.end() ? empty : it->second,
-                                       config.path);
+        auto more =
+            check_module_table(m->name, m->desc->config,
+                               it == config.module_tables.end() ? empty : it->second, config.path);
         errors.insert(errors.end(), more.begin(), more.end());
     }
     return errors;
@@ -373,8 +373,7 @@ core::ConfigDiff ModuleSet::reload(const core::Config& config) {
             diff.applied.clear();
         }
         result.applied.insert(result.applied.end(), diff.applied.begin(), diff.applied.end());
-        result.restart_required.insert(result.restart_required.end(),
-                                       diff.restart_required.begin(),
+        result.restart_required.insert(result.restart_required.end(), diff.restart_required.begin(),
                                        diff.restart_required.end());
     }
     return result;

@@ -61,17 +61,16 @@ constexpr size_t max_extra_error_codes = 32;
 void Broker::register_metrics() {
     const char* errors_help = "Error frames sent to clients, by code.";
     for (std::string_view code : contract_error_codes)
-        error_counters_.emplace_back(
-            std::string(code),
-            core::core_counter("meshd_errors_total", errors_help,
-                               core::metric_labels({{"code", code}})));
+        error_counters_.emplace_back(std::string(code),
+                                     core::core_counter("meshd_errors_total", errors_help,
+                                                        core::metric_labels({{"code", code}})));
     other_errors_ = core::core_counter("meshd_errors_total", errors_help, "code=\"other\"");
     metrics_.deliveries = core::core_counter(
         "meshd_deliveries_total", "Messages (msg frames) written to devices, replays included.");
     // Modules count their own refusals into the same family, e.g. ratelimit's reason="send".
-    metrics_.rate_limited_inflight = core::core_counter(
-        "meshd_rate_limited_total", "Requests refused as rate_limited, by reason.",
-        "reason=\"inflight\"");
+    metrics_.rate_limited_inflight =
+        core::core_counter("meshd_rate_limited_total",
+                           "Requests refused as rate_limited, by reason.", "reason=\"inflight\"");
 
     core::Gauge connections =
         core::core_gauge("meshd_connections", "Open WebSocket connections, logged in or not.");
@@ -113,8 +112,8 @@ void Broker::count_error(std::string_view code) {
         other_errors_.inc();
         return;
     }
-    auto counter = core::metrics().counter("meshd_errors_total", "",
-                                           core::metric_labels({{"code", code}}));
+    auto counter =
+        core::metrics().counter("meshd_errors_total", "", core::metric_labels({{"code", code}}));
     if (!counter) { // a code that is not valid UTF-8, say
         other_errors_.inc();
         return;

@@ -441,8 +441,8 @@ int64_t file_size(const std::string& path) {
 // Messages per commit: group commit should put many in one transaction under load.
 constexpr double batch_message_buckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
 // Seconds a commit takes, from the turn's cursor writes to COMMIT returning.
-constexpr double commit_second_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-                                            0.01,   0.025,   0.05,   0.1,   0.25,   0.5,  1};
+constexpr double commit_second_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                            0.025,  0.05,    0.1,    0.25,  0.5,    1};
 
 } // namespace
 

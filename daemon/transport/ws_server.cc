@@ -396,8 +396,8 @@ int http_request(lws* wsi, HttpPerSession* pss, WsServer::HttpVhost& vhost, std:
                             "meshd: only GET and HEAD are served here\n", false, true);
     if (path != listen.path)
         return http_respond(wsi, pss, HTTP_STATUS_NOT_FOUND, text,
-                            "meshd: not found; module " + listen.module + " serves " +
-                                listen.path + " here\n",
+                            "meshd: not found; module " + listen.module + " serves " + listen.path +
+                                " here\n",
                             head);
     std::string query = query_of(wsi);
     std::string remote = peer_address(wsi);
@@ -408,10 +408,9 @@ int http_request(lws* wsi, HttpPerSession* pss, WsServer::HttpVhost& vhost, std:
               core::log_value(query).c_str(), remote.c_str(), reply.status);
     if (!valid_content_type(reply.content_type)) {
         MESHD_LOG(error, "http.bad_content_type", "module=%s", listen.module.c_str());
-        return http_respond(wsi, pss, HTTP_STATUS_INTERNAL_SERVER_ERROR, text,
-                            "meshd: module " + listen.module +
-                                " answered with an invalid content type\n",
-                            head);
+        return http_respond(
+            wsi, pss, HTTP_STATUS_INTERNAL_SERVER_ERROR, text,
+            "meshd: module " + listen.module + " answered with an invalid content type\n", head);
     }
     return http_respond(wsi, pss, static_cast<unsigned>(reply.status), reply.content_type,
                         std::move(reply.body), head);
@@ -516,8 +515,8 @@ core::Result<std::unique_ptr<WsServer>> WsServer::start(uv_loop_t* loop, const c
     };
     int index = 0;
     for (const core::ListenAddr& addr : config.listen) {
-        std::string listening = open_vhost("listen" + std::to_string(index++), addr, protocols,
-                                           nullptr);
+        std::string listening =
+            open_vhost("listen" + std::to_string(index++), addr, protocols, nullptr);
         if (listening.empty())
             return fail("cannot listen on " + addr.text +
                         " (server.listen): address in use or not available on this host");

@@ -21,8 +21,13 @@ struct State {
 };
 
 const meshd_config_key config_keys[] = {
-    {"listen", MESHD_CONFIG_STRING, 0, 0, 0,
-     "\"host:port\" of the HTTP listener for Prometheus, e.g. \"127.0.0.1:9770\"", {}},
+    {"listen",
+     MESHD_CONFIG_STRING,
+     0,
+     0,
+     0,
+     "\"host:port\" of the HTTP listener for Prometheus, e.g. \"127.0.0.1:9770\"",
+     {}},
     {"path", MESHD_CONFIG_STRING, 0, 0, 0, "the HTTP path served, e.g. \"/metrics\"", {}},
     {nullptr, MESHD_CONFIG_INT, 0, 0, 0, nullptr, {}},
 };
@@ -40,9 +45,9 @@ int init(meshd_host* host, void** state) noexcept {
     try {
         auto s = std::make_unique<State>();
         s->host = host;
-        s->scrapes = meshd_host_metric(host, MESHD_METRIC_COUNTER, "meshd_metrics_scrapes_total",
-                                       "Requests answered by the metrics module (GET and HEAD).",
-                                       nullptr);
+        s->scrapes =
+            meshd_host_metric(host, MESHD_METRIC_COUNTER, "meshd_metrics_scrapes_total",
+                              "Requests answered by the metrics module (GET and HEAD).", nullptr);
         const char* listen = config_or(host, "listen", default_listen);
         const char* path = config_or(host, "path", default_path);
         if (meshd_host_http_listen(host, listen, path) != 0)

@@ -29,8 +29,7 @@ core::ModuleTable table_of(const std::string& body) {
     return r.config->module_tables["mod"];
 }
 
-std::vector<std::string> errors_of(const std::string& body,
-                                   const meshd_config_key* list = keys) {
+std::vector<std::string> errors_of(const std::string& body, const meshd_config_key* list = keys) {
     std::vector<std::string> out;
     for (const auto& e : check_module_table("mod", list, table_of(body), "m.toml"))
         out.push_back(e.to_string());
