@@ -836,9 +836,21 @@ std::string render_status(element r) {
         modules.push_back(m);
     }
     out += "listening:    " + (listeners.empty() ? "(none)" : join(listeners, ", ")) + '\n';
+    // Modules' own HTTP listeners (e.g. metrics), one URL each.
+    std::vector<std::string> http;
+    for (element e : get_array(r, "http_listeners"))
+        http.push_back(str_or(e, "module") + " http://" + str_or(e, "listen") +
+                       str_or(e, "path", ""));
+    if (!http.empty())
+        out += "http:         " + join(http, ", ") + '\n';
     out += "modules:      " + (modules.empty() ? "(none)" : join(modules, ", ")) + '\n';
     out += "connections:  " + int_or(r, "connections") + '\n';
-    out += "sessions:     " + int_or(r, "sessions") + '\n';
+    std::string sessions = int_or(r, "sessions");
+    element by_kind;
+    if (r["sessions_by_kind"].get(by_kind) == simdjson::SUCCESS)
+        sessions +=
+            " (" + int_or(by_kind, "user") + " user, " + int_or(by_kind, "agent") + " agent)";
+    out += "sessions:     " + sessions + '\n';
     out += "principals:   " + int_or(r, "principals") + '\n';
     element store;
     if (r["store"].get(store) == simdjson::SUCCESS) {

@@ -10,6 +10,7 @@
 #include "core/clock.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/uv_handle.h"
 #include "meshd_build.h"
 #include "router/modules.h"
@@ -63,6 +64,8 @@ class Daemon {
 
     int run() {
         core::log_set_level(config_->log_level);
+        started_ms_ = core::wall_ms();
+        register_process_metrics();
         // Signals first: a SIGTERM during start-up is handled once the loop runs.
         sigterm_ = core::UvSignal::create(loop_, SIGTERM, [this] { begin_shutdown("SIGTERM"); });
         sigint_ = core::UvSignal::create(loop_, SIGINT, [this] { begin_shutdown("SIGINT"); });
@@ -109,7 +112,7 @@ class Daemon {
 
         commands_ = std::make_unique<control::CommandContext>(
             control::CommandContext{*broker_, *store_, *modules_, [this] { return reload(); },
-                                    ws_->listening(), core::wall_ms()});
+                                    ws_->listening(), started_ms_, ws_->http_listening()});
         auto ctl = control::ControlServer::start(
             loop_, config_->control_socket, [this](std::string_view line, control::Reply reply) {
                 control::handle_command(*commands_, line, std::move(reply));
@@ -119,8 +122,14 @@ class Daemon {
         control_ = std::move(ctl.value());
 
         std::string listen = join(ws_->listening(), ",");
-        MESHD_LOG(info, "server.ready", "listen=%s control=%s version=%s pid=%d", listen.c_str(),
-                  config_->control_socket.c_str(), MESHD_VERSION, static_cast<int>(getpid()));
+        // Module HTTP listeners come last, after the fields scripts already parse.
+        std::vector<std::string> http;
+        for (const auto& l : ws_->http_listening())
+            http.push_back(l.listen);
+        std::string http_field = http.empty() ? std::string() : " http=" + join(http, ",");
+        MESHD_LOG(info, "server.ready", "listen=%s control=%s version=%s pid=%d%s", listen.c_str(),
+                  config_->control_socket.c_str(), MESHD_VERSION, static_cast<int>(getpid()),
+                  http_field.c_str());
 
         uv_run(loop_, UV_RUN_DEFAULT);
         teardown();
@@ -129,6 +138,18 @@ class Daemon {
     }
 
   private:
+    // meshd_build_info and meshd_uptime_seconds; the uptime is read when rendering.
+    void register_process_metrics() {
+        core::core_gauge("meshd_build_info", "Always 1; the labels name the running meshd.",
+                         core::metric_labels({{"version", MESHD_VERSION}}))
+            .set(1);
+        core::Gauge uptime =
+            core::core_gauge("meshd_uptime_seconds", "Seconds since meshd started.");
+        uptime_collector_ = core::metrics().add_collector([this, uptime]() mutable {
+            uptime.set(static_cast<double>(core::wall_ms() - started_ms_) / 1000.0);
+        });
+    }
+
     int fail(const char* event, const std::string& message) {
         MESHD_LOG(error, event, "message=%s", core::log_value(message).c_str());
         teardown();
@@ -240,6 +261,8 @@ class Daemon {
     core::UvTimer shutdown_timer_;
     bool shutting_down_ = false;
     uint64_t shutdown_started_ms_ = 0;
+    int64_t started_ms_ = 0;
+    core::CollectorHandle uptime_collector_;
 };
 
 } // namespace

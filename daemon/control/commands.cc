@@ -68,6 +68,18 @@ void cmd_status(CommandContext& ctx, const Reply& reply) {
     field_int(r, "pid", getpid());
     field_int(r, "uptime_s", (core::wall_ms() - ctx.started_ms) / 1000);
     r += R"(,"listeners":)" + string_list(ctx.listeners);
+    r += R"(,"http_listeners":[)";
+    for (size_t i = 0; i < ctx.http_listeners.size(); ++i) {
+        const auto& l = ctx.http_listeners[i];
+        if (i)
+            r += ',';
+        r += '{';
+        field(r, "module", l.module, true);
+        field(r, "listen", l.listen);
+        field(r, "path", l.path);
+        r += '}';
+    }
+    r += ']';
     r += R"(,"modules":[)";
     bool first = true;
     for (const auto& m : ctx.modules.info()) {
@@ -82,6 +94,10 @@ void cmd_status(CommandContext& ctx, const Reply& reply) {
     r += ']';
     field_int(r, "connections", static_cast<int64_t>(ctx.broker.connection_count()));
     field_int(r, "sessions", static_cast<int64_t>(ctx.broker.session_count()));
+    r += R"(,"sessions_by_kind":{)";
+    field_int(r, "user", static_cast<int64_t>(ctx.broker.session_count(store::Kind::user)), true);
+    field_int(r, "agent", static_cast<int64_t>(ctx.broker.session_count(store::Kind::agent)));
+    r += '}';
     field_int(r, "principals", static_cast<int64_t>(ctx.store.principal_count()));
     r += R"(,"store":{)";
     field(r, "path", ctx.store.db_path(), true);

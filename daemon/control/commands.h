@@ -26,6 +26,7 @@ struct CommandContext {
     std::function<core::Result<core::ConfigDiff>()> reload;
     std::vector<std::string> listeners;
     int64_t started_ms = 0;
+    std::vector<router::HttpListening> http_listeners; // modules' HTTP listeners
 };
 
 void handle_command(CommandContext& ctx, std::string_view request_line, Reply reply);

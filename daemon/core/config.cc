@@ -667,6 +667,8 @@ void flatten_module_table(const toml::table& table, const std::string& prefix, M
         auto at = where(key, node);
         value.line = static_cast<int>(at.line);
         value.column = static_cast<int>(at.column);
+        value.key_line = static_cast<int>(key.source().begin.line);
+        value.key_column = static_cast<int>(key.source().begin.column);
         if (const auto* i = node.as_integer()) {
             value.type = ModuleValue::Type::integer;
             value.integer = i->get();
@@ -1144,7 +1146,8 @@ void check_module_table(const std::string& config_path, std::string_view module,
                 msg += " (did you mean " + std::string(module) + "." + std::string(*guess) + "?)";
             else
                 msg += ": keys of [" + std::string(module) + "] are " + joined(names);
-            error(value, std::move(msg));
+            errors.push_back(ConfigError{config_path, value.key_line, value.key_column,
+                                         std::move(msg)});
             continue;
         }
         using VT = ModuleValue::Type;
@@ -1189,6 +1192,13 @@ ConfigDiff diff_config(const Config& before, const Config& after) {
         (k.reloadable ? diff.applied : diff.restart_required).push_back(std::string(k.name));
     }
     return diff;
+}
+
+Result<ListenAddr> parse_listen_addr(std::string_view text) {
+    auto parsed = parse_listen(text);
+    if (auto* why = std::get_if<std::string>(&parsed))
+        return make_error("bad_config", std::move(*why));
+    return std::get<ListenAddr>(std::move(parsed));
 }
 
 std::string_view to_string(SyncMode mode) {

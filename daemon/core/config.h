@@ -5,6 +5,8 @@
 // `FILE:LINE:COL: message` errors of `meshd --check`, and lists the keys for meshd.toml(5).
 #pragma once
 
+#include "core/result.h"
+
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -33,6 +35,8 @@ struct ModuleValue {
     std::string described; // "an integer", "an array", ... for errors
     int line = 0;          // where the value is written, for errors
     int column = 0;
+    int key_line = 0;      // where its key is written, for "unknown key" errors
+    int key_column = 0;
     bool operator==(const ModuleValue& o) const {
         return type == o.type && integer == o.integer && floating == o.floating &&
                boolean == o.boolean && string == o.string;
@@ -126,6 +130,9 @@ bool same_module_value(const ModuleValue& a, const ModuleValue& b);
 void check_module_table(const std::string& config_path, std::string_view module,
                         const ModuleTable& table, const std::vector<ModuleKeySpec>& keys,
                         std::vector<ConfigError>& errors);
+// "host:port" ("127.0.0.1:7700", "[::1]:7700"; numeric hosts only) as server.listen takes it,
+// or the reason it is not one.
+Result<ListenAddr> parse_listen_addr(std::string_view text);
 
 std::string_view to_string(SyncMode);
 std::string_view to_string(LogLevel);

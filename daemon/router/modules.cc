@@ -4,13 +4,16 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/names.h"
 #include "meshd_build.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <dlfcn.h>
 #include <optional>
+#include <unordered_map>
 
 // The opaque handle a module gets; one per loaded module.
 struct meshd_host {
@@ -22,6 +25,20 @@ struct meshd_route_out {
     meshd::store::Store* store;
     std::vector<meshd::store::Principal*>* recipients;
     std::string* canonical_to;
+};
+
+// A byte buffer meshd hands to a hook (an http response body, a metrics render).
+struct meshd_buf {
+    std::string data;
+};
+
+// A module's handle on one series of the registry. Handles live as long as the process:
+// a second registration of the same series returns the same one.
+struct meshd_metric {
+    meshd::core::MetricType type;
+    meshd::core::MetricSeries* series;
+    std::string module; // who registered it first, for warnings
+    bool warned = false;
 };
 
 namespace meshd::router {
@@ -45,6 +62,9 @@ struct LoadedModule {
     // While its reload hook runs: what the module logs at warn or error, to tell the user why
     // it refused.
     std::string* log_capture = nullptr;
+    size_t index = 0;
+    bool in_init = false;
+    std::vector<HttpListen> http_listens; // asked for from init
 };
 
 namespace {
@@ -152,11 +172,19 @@ core::Result<std::unique_ptr<ModuleSet>> ModuleSet::load(const core::Config& con
             for (const auto& e : errors)
                 MESHD_LOG(error, "config.invalid", "message=%s",
                           core::log_value(e.to_string()).c_str());
+            load_error(m->file, "its section [" + name + "] in " + config.path + " has errors");
             return core::make_error("bad_config", error_lines(errors));
         }
-        if (m->desc->init && m->desc->init(&m->host, &m->state) != 0)
+        m->index = set->modules_.size();
+        m->in_init = true;
+        int init_rc = m->desc->init ? m->desc->init(&m->host, &m->state) : 0;
+        m->in_init = false;
+        if (init_rc != 0)
             return load_error(m->file, "its init failed (see the lines it logged above)");
         m->initialised = true;
+        for (HttpListen& l : m->http_listens)
+            set->http_listens_.push_back(std::move(l));
+        m->http_listens.clear();
         set->has_stored_ = set->has_stored_ || m->desc->stored;
         MESHD_LOG(info, "module.loaded", "name=%s version=%s file=%s", name.c_str(),
                   core::log_value(cstr(m->desc->version)).c_str(), m->file.c_str());
@@ -404,6 +432,42 @@ void ModuleSet::tick(int64_t now_ms) {
             m->desc->tick(m->state, now_ms);
 }
 
+HttpReply ModuleSet::http(size_t listener, std::string_view method, std::string_view path,
+                          std::string_view query, std::string_view remote_addr) {
+    HttpReply reply;
+    if (listener >= http_listens_.size()) {
+        reply.status = 404;
+        return reply;
+    }
+    const LoadedModule& m = *modules_[http_listens_[listener].module_index];
+    meshd_http_request req{};
+    req.method = method.data();
+    req.method_len = method.size();
+    req.path = path.data();
+    req.path_len = path.size();
+    req.query = query.data();
+    req.query_len = query.size();
+    req.remote_addr = remote_addr.data();
+    req.remote_addr_len = remote_addr.size();
+    meshd_buf body;
+    meshd_http_response resp{};
+    resp.status = 200;
+    resp.content_type = "text/plain; charset=utf-8";
+    resp.body = &body;
+    m.desc->http(m.state, &req, &resp);
+    if (resp.status < 100 || resp.status > 599) {
+        MESHD_LOG(error, "http.bad_status", "module=%s status=%d", m.name.c_str(), resp.status);
+        reply.status = 500;
+        reply.body = "module " + m.name + " answered with an invalid HTTP status\n";
+        return reply;
+    }
+    reply.status = resp.status;
+    if (resp.content_type)
+        reply.content_type = resp.content_type;
+    reply.body = std::move(body.data);
+    return reply;
+}
+
 core::Result<core::ConfigDiff> ModuleSet::prepare_reload(const core::Config& config) const {
     std::vector<core::ConfigError> errors;
     core::ConfigDiff diff;
@@ -488,6 +552,33 @@ const meshd::core::ModuleValue* config_value(meshd_host* host, const char* key) 
 std::string folded(const char* name, size_t len) {
     auto canonical = meshd::core::canonical_principal(std::string_view(name, len));
     return canonical ? *canonical : std::string();
+}
+
+// One meshd_metric per series, whoever registered it.
+std::unordered_map<const meshd::core::MetricSeries*, std::unique_ptr<meshd_metric>>&
+metric_handles() {
+    static std::unordered_map<const meshd::core::MetricSeries*, std::unique_ptr<meshd_metric>>
+        handles;
+    return handles;
+}
+
+// A line about a module's call into the host: level=... event=EVENT module=NAME message=...
+void module_log(meshd::core::LogLevel level, const char* event, std::string_view module,
+                const std::string& message) {
+    if (!meshd::core::log_enabled(level))
+        return;
+    std::string fields = "module=" + meshd::core::log_value(module);
+    fields += " message=" + meshd::core::log_value(message);
+    meshd::core::log_event(level, event, fields);
+}
+
+bool valid_http_path(std::string_view path) {
+    if (path.empty() || path.front() != '/' || path.size() > 256)
+        return false;
+    for (char c : path)
+        if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || c == '?' || c == '#')
+            return false;
+    return true;
 }
 
 struct Job {
@@ -679,6 +770,128 @@ MESHD_EXPORT int meshd_host_run_job(meshd_host* host, meshd_job_cb work, meshd_j
     if (rc != 0)
         return -1;
     job.release();
+    return 0;
+}
+
+MESHD_EXPORT void meshd_host_buf_append(meshd_buf* buf, const char* data, size_t len) {
+    if (buf && data && len > 0)
+        buf->data.append(data, len);
+}
+
+MESHD_EXPORT meshd_metric* meshd_host_metric(meshd_host* host, meshd_metric_type type,
+                                             const char* name, const char* help,
+                                             const char* labels) {
+    using meshd::core::MetricType;
+    const std::string module = host ? host->module->name : "?";
+    if (!name) {
+        module_log(meshd::core::LogLevel::error, "metrics.register_failed", module,
+                   "meshd_host_metric: name is NULL");
+        return nullptr;
+    }
+    if (type != MESHD_METRIC_COUNTER && type != MESHD_METRIC_GAUGE) {
+        module_log(meshd::core::LogLevel::error, "metrics.register_failed", module,
+                   "meshd_host_metric(" + std::string(name) + "): unknown type " +
+                       std::to_string(static_cast<int>(type)));
+        return nullptr;
+    }
+    MetricType t = type == MESHD_METRIC_COUNTER ? MetricType::counter : MetricType::gauge;
+    try {
+        auto series =
+            meshd::core::metrics().series(t, name, help ? help : "", labels ? labels : "");
+        if (!series) {
+            module_log(meshd::core::LogLevel::error, "metrics.register_failed", module,
+                       series.error().message);
+            return nullptr;
+        }
+        auto& slot = metric_handles()[series.value()];
+        if (!slot)
+            slot.reset(new meshd_metric{t, series.value(), module, false});
+        return slot.get();
+    } catch (const std::exception& e) {
+        module_log(meshd::core::LogLevel::error, "metrics.register_failed", module, e.what());
+        return nullptr;
+    }
+}
+
+MESHD_EXPORT void meshd_host_metric_add(meshd_metric* metric, double delta) {
+    if (!metric)
+        return;
+    // A counter only goes up: a negative (or NaN) step would read as a reset to Prometheus.
+    if (metric->type == meshd::core::MetricType::counter && !(delta >= 0)) {
+        if (!metric->warned) {
+            metric->warned = true;
+            module_log(meshd::core::LogLevel::warn, "metrics.bad_update", metric->module,
+                       "a counter was given a negative or NaN step; ignored (only the first "
+                       "such call is logged)");
+        }
+        return;
+    }
+    metric->series->value += delta;
+}
+
+MESHD_EXPORT void meshd_host_metric_set(meshd_metric* metric, double value) {
+    if (!metric)
+        return;
+    if (metric->type == meshd::core::MetricType::counter && !(value >= metric->series->value)) {
+        if (!metric->warned) {
+            metric->warned = true;
+            module_log(meshd::core::LogLevel::warn, "metrics.bad_update", metric->module,
+                       "a counter was set below its value (or to NaN); ignored (only the first "
+                       "such call is logged)");
+        }
+        return;
+    }
+    metric->series->value = value;
+}
+
+MESHD_EXPORT int meshd_host_metrics_render(meshd_host*, meshd_buf* out) {
+    if (!out)
+        return -1;
+    try {
+        meshd::core::metrics().render(out->data);
+    } catch (const std::exception& e) {
+        MESHD_LOG(error, "metrics.render_failed", "message=%s",
+                  meshd::core::log_value(e.what()).c_str());
+        return -1;
+    }
+    return 0;
+}
+
+MESHD_EXPORT int meshd_host_http_listen(meshd_host* host, const char* addr, const char* path) {
+    if (!host)
+        return -1;
+    meshd::router::LoadedModule& m = *host->module;
+    auto fail = [&](const std::string& message) {
+        module_log(meshd::core::LogLevel::error, "http.listen_refused", m.name, message);
+        return -1;
+    };
+    if (!m.in_init)
+        return fail("meshd_host_http_listen may only be called from the module's init");
+    if (!m.desc->http)
+        return fail("meshd_host_http_listen needs an http hook in the module's descriptor");
+    if (!addr || !path)
+        return fail("meshd_host_http_listen: addr and path must not be NULL");
+    std::string key;
+    for (const auto& [name, value] : m.table)
+        if (value.type == meshd::core::ModuleValue::Type::string && value.string == addr) {
+            key = "[" + m.name + "] " + name;
+            break;
+        }
+    if (key.empty()) {
+        for (const meshd_config_key* k = m.desc->config; k && k->name; ++k)
+            if (std::string_view(k->name) == "listen")
+                key = "[" + m.name + "] listen";
+        if (key.empty())
+            key = "module " + m.name;
+    }
+    auto parsed = meshd::core::parse_listen_addr(addr);
+    if (!parsed)
+        return fail(std::string("cannot listen on \"") + addr + "\" (" + key +
+                    "): " + parsed.error().message);
+    if (!valid_http_path(path))
+        return fail(std::string("the HTTP path \"") + path + "\" (" + key +
+                    ") must start with / and have no spaces, ? or #, at most 256 bytes");
+    m.http_listens.push_back({m.name, m.index, std::move(parsed.value()), path, std::move(key)});
     return 0;
 }
 

@@ -66,6 +66,29 @@ struct ModuleInfo {
     std::string file;
 };
 
+// An HTTP listener a module asked for from its init (meshd_host_http_listen); the transport
+// opens it with the WebSocket listeners.
+struct HttpListen {
+    std::string module;
+    size_t module_index = 0;
+    core::ListenAddr addr;
+    std::string path;       // the one path served; others get 404
+    std::string config_key; // where addr came from, for errors: "[metrics] listen"
+};
+
+// An HTTP listener as opened: "host:port" with the real port (for status and logs).
+struct HttpListening {
+    std::string module;
+    std::string listen;
+    std::string path;
+};
+
+struct HttpReply {
+    int status = 200;
+    std::string content_type = "text/plain; charset=utf-8";
+    std::string body;
+};
+
 class ModuleSet {
   public:
     // Loads and initialises every module of config.modules_load. Errors name the file; a
@@ -81,6 +104,10 @@ class ModuleSet {
 
     bool has_auth() const;
     std::vector<ModuleInfo> info() const;
+    const std::vector<HttpListen>& http_listens() const { return http_listens_; }
+    // Asks the module behind http_listens()[listener] to answer a GET or HEAD of its path.
+    HttpReply http(size_t listener, std::string_view method, std::string_view path,
+                   std::string_view query, std::string_view remote_addr);
 
     AuthOutcome auth(const AuthRequest& request);
     // Expands `to` into recipients (cleared first). `canonical_to` receives the address as it
@@ -113,6 +140,7 @@ class ModuleSet {
   private:
     ModuleSet() = default;
     std::vector<std::unique_ptr<LoadedModule>> modules_;
+    std::vector<HttpListen> http_listens_;
     bool has_stored_ = false;
 };
 

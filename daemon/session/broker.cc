@@ -41,6 +41,85 @@ Broker::Broker(uv_loop_t* loop, store::Store& store, router::ModuleSet& modules,
     ticker_ = core::UvTimer::create(loop_, [this] { tick(); });
     uint64_t every = tick_interval_ms(limits_);
     ticker_.start(every, every);
+    register_metrics();
+}
+
+namespace {
+
+// The error codes of the protocol contract (meshd-protocol(7), ERRORS).
+constexpr std::string_view contract_error_codes[] = {
+    "bad_frame",    "unknown_type", "unknown_peer",   "forbidden",   "rate_limited", "too_large",
+    "unauthorized", "conflict",     "resume_invalid", "unavailable", "internal",
+};
+
+// Codes beyond the contract's (a module's own) that get a series of their own; the rest are
+// counted as code="other", so a module cannot grow the registry without bound.
+constexpr size_t max_extra_error_codes = 32;
+
+} // namespace
+
+void Broker::register_metrics() {
+    const char* errors_help = "Error frames sent to clients, by code.";
+    for (std::string_view code : contract_error_codes)
+        error_counters_.emplace_back(std::string(code),
+                                     core::core_counter("meshd_errors_total", errors_help,
+                                                        core::metric_labels({{"code", code}})));
+    other_errors_ = core::core_counter("meshd_errors_total", errors_help, "code=\"other\"");
+    metrics_.deliveries = core::core_counter(
+        "meshd_deliveries_total", "Messages (msg frames) written to devices, replays included.");
+    // Modules count their own refusals into the same family, e.g. ratelimit's reason="send".
+    metrics_.rate_limited_inflight =
+        core::core_counter("meshd_rate_limited_total",
+                           "Requests refused as rate_limited, by reason.", "reason=\"inflight\"");
+
+    core::Gauge connections =
+        core::core_gauge("meshd_connections", "Open WebSocket connections, logged in or not.");
+    core::Gauge users = core::core_gauge("meshd_sessions", "Logged-in sessions, by principal kind.",
+                                         "kind=\"user\"");
+    core::Gauge agents = core::core_gauge(
+        "meshd_sessions", "Logged-in sessions, by principal kind.", "kind=\"agent\"");
+    core::Gauge queue_bytes = core::core_gauge(
+        "meshd_write_queue_bytes",
+        "Bytes of control frames (acks aside: welcome, errors) queued for connections.");
+    core::Gauge backlog = core::core_gauge(
+        "meshd_delivery_backlog_messages",
+        "Committed messages not yet written to the live devices they are for (replay and slow "
+        "readers).");
+    // Sums over every connection: computed when rendering, not on each event.
+    collector_ = core::metrics().add_collector(
+        [this, connections, users, agents, queue_bytes, backlog]() mutable {
+            connections.set(static_cast<double>(sessions_.size()));
+            users.set(static_cast<double>(live_by_kind_[0]));
+            agents.set(static_cast<double>(live_by_kind_[1]));
+            double queued = 0;
+            double behind = 0;
+            for (const auto& [id, s] : sessions_) {
+                queued += static_cast<double>(s->queued_bytes());
+                behind += static_cast<double>(s->delivery_backlog());
+            }
+            queue_bytes.set(queued);
+            backlog.set(behind);
+        });
+}
+
+void Broker::count_error(std::string_view code) {
+    for (auto& [known, counter] : error_counters_)
+        if (known == code) {
+            counter.inc();
+            return;
+        }
+    if (error_counters_.size() >= std::size(contract_error_codes) + max_extra_error_codes) {
+        other_errors_.inc();
+        return;
+    }
+    auto counter =
+        core::metrics().counter("meshd_errors_total", "", core::metric_labels({{"code", code}}));
+    if (!counter) { // a code that is not valid UTF-8, say
+        other_errors_.inc();
+        return;
+    }
+    error_counters_.emplace_back(std::string(code), counter.value());
+    counter.value().inc();
 }
 
 Broker::~Broker() {
@@ -80,13 +159,15 @@ void Broker::forget(Session& s) {
 
 void Broker::register_live(Session& s) {
     live_[s.principal()->pid].push_back(&s);
+    ++live_by_kind_[s.principal()->kind == store::Kind::agent ? 1 : 0];
 }
 
 void Broker::unregister_live(Session& s) {
     auto it = live_.find(s.principal()->pid);
     if (it == live_.end())
         return;
-    std::erase(it->second, &s);
+    if (std::erase(it->second, &s) > 0)
+        --live_by_kind_[s.principal()->kind == store::Kind::agent ? 1 : 0];
     if (it->second.empty())
         live_.erase(it);
 }

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "core/config.h"
+#include "core/metrics.h"
 #include "core/uv_handle.h"
 #include "router/modules.h"
 #include "session/frame.h"
@@ -64,6 +65,9 @@ class Broker {
 
     size_t connection_count() const { return sessions_.size(); }
     size_t session_count() const;
+    size_t session_count(store::Kind kind) const {
+        return live_by_kind_[kind == store::Kind::agent ? 1 : 0];
+    }
     size_t live_count(const store::Principal& p) const;
     // Devices of p: those with a stored cursor plus live ones without one.
     size_t device_count(const store::Principal& p) const;
@@ -90,6 +94,15 @@ class Broker {
     void note_pending(Session& s);
     void note_stored(store::Principal& recipient, std::string_view sender, int64_t seq);
     void forget(Session& s); // the session is being destroyed
+
+    // Core instruments the sessions count into (handles resolved once, in the constructor).
+    struct Metrics {
+        core::Counter deliveries;            // msg frames handed to the transport
+        core::Counter rate_limited_inflight; // sends refused by limits.max_inflight
+    };
+    Metrics& metrics() { return metrics_; }
+    // Counts an error frame sent to a client, by its code.
+    void count_error(std::string_view code);
 
   private:
     void tick();
@@ -131,6 +144,15 @@ class Broker {
 
     core::UvCheck turn_end_;
     core::UvTimer ticker_;
+
+    size_t live_by_kind_[2] = {0, 0}; // ready sessions of users, of agents
+    Metrics metrics_;
+    // meshd_errors_total{code}: the contract's codes are registered up front (they read 0
+    // until used); codes modules invent get a series on first use, up to a cap.
+    std::vector<std::pair<std::string, core::Counter>> error_counters_;
+    core::Counter other_errors_;
+    core::CollectorHandle collector_;
+    void register_metrics();
 };
 
 } // namespace meshd::session

@@ -96,6 +96,7 @@ void Session::queue_control(std::string frame) {
 
 void Session::send_error(std::string_view code, std::string_view message, std::string_view ref,
                          bool has_ref, uint32_t retry_after_ms) {
+    broker_.count_error(code);
     std::string f;
     f.reserve(64 + message.size() + ref.size());
     f += R"({"type":"error",)";
@@ -378,6 +379,7 @@ void Session::handle_send(const Frame& f) {
         return;
     }
     if (acks_.size() >= broker_.limits().max_inflight) {
+        broker_.metrics().rate_limited_inflight.inc();
         send_error("rate_limited",
                    "more than " + std::to_string(broker_.limits().max_inflight) +
                        " sends await their ack (limits.max_inflight); read the acks, then send",
@@ -633,6 +635,7 @@ OutFrame Session::next_frame() {
         buf += R"(,"body":)";
         buf += m.body;
         buf += '}';
+        broker_.metrics().deliveries.inc();
         ++next_seq_;
         if (!page_.empty() && next_seq_ > page_.back().seq) {
             page_.clear();

@@ -20,6 +20,7 @@
 #include "session/frame.h"
 #include "store/store.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <optional>
@@ -99,6 +100,13 @@ class Session {
     const std::string& credential() const { return credential_; }
     int64_t connected_ms() const { return connected_ms_; }
     int64_t next_seq() const { return next_seq_; }
+    size_t queued_bytes() const { return control_bytes_; }
+    // Committed entries of the log not yet written to this device (0 unless ready).
+    int64_t delivery_backlog() const {
+        return state_ == State::ready && principal_
+                   ? std::max<int64_t>(0, principal_->committed_head - next_seq_ + 1)
+                   : 0;
+    }
     bool in_batch = false; // listed in the broker's pending sessions of this turn
 
   private:

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <fcntl.h>
@@ -442,7 +443,53 @@ core::Result<std::unique_ptr<Store>> Store::open(const StoreOptions& options) {
         store->syncer_ =
             std::make_unique<WalSyncer>(wal, fd, [raw] { raw->durable_notice_.send(); });
     }
+    store->register_metrics();
     return store;
+}
+
+namespace {
+
+int64_t file_size(const std::string& path) {
+    struct stat sb {};
+    return ::stat(path.c_str(), &sb) == 0 ? static_cast<int64_t>(sb.st_size) : 0;
+}
+
+// Messages per commit: group commit should put many in one transaction under load.
+constexpr double batch_message_buckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+// Seconds a commit takes, from the turn's cursor writes to COMMIT returning.
+constexpr double commit_second_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                            0.025,  0.05,    0.1,    0.25,  0.5,    1};
+
+} // namespace
+
+void Store::register_metrics() {
+    metrics_.messages_stored = core::core_counter(
+        "meshd_messages_stored_total", "Messages committed to the store (each stored once).");
+    metrics_.commit_failures = core::core_counter(
+        "meshd_commit_failures_total",
+        "Batches the database refused (busy, full, I/O error); their sends got unavailable.");
+    metrics_.batch_messages = core::core_histogram(
+        "meshd_commit_batch_messages",
+        "Messages per committed transaction (group commit), for commits that stored any.",
+        batch_message_buckets);
+    metrics_.commit_seconds = core::core_histogram(
+        "meshd_commit_duration_seconds",
+        "Time a commit takes on the loop: the turn's cursor writes and COMMIT.",
+        commit_second_buckets);
+    core::Gauge db = core::core_gauge("meshd_database_size_bytes",
+                                      "Size of the database files, by file.", "file=\"db\"");
+    core::Gauge wal = core::core_gauge("meshd_database_size_bytes",
+                                       "Size of the database files, by file.", "file=\"wal\"");
+    core::Gauge degraded = core::core_gauge(
+        "meshd_store_degraded", "1 while the store refuses writes (see meshctl status), else 0.");
+    core::Gauge principals =
+        core::core_gauge("meshd_principals", "Users and agents that exist (not deleted).");
+    collector_ = core::metrics().add_collector([this, db, wal, degraded, principals]() mutable {
+        db.set(static_cast<double>(file_size(db_path_)));
+        wal.set(static_cast<double>(file_size(db_path_ + "-wal")));
+        degraded.set(degraded_ ? 1 : 0);
+        principals.set(static_cast<double>(by_name_.size()));
+    });
 }
 
 core::Result<void> Store::open_db() {
@@ -994,6 +1041,7 @@ core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,
         if (!add_entry(r))
             return fail_batch("append to log");
     }
+    ++batch_messages_;
     return AppendResult{sender_seq, false};
 }
 
@@ -1207,6 +1255,7 @@ void Store::rollback_batch() {
 
 core::Result<void> Store::commit(std::vector<Principal*>& touched_out) {
     touched_out.clear();
+    const auto started = std::chrono::steady_clock::now();
     // Cursors are written with the batch; a cursor-only turn opens its own transaction.
     if (!dirty_cursors_.empty() && !batch_failed_) {
         if (begin_if_needed()) {
@@ -1235,6 +1284,7 @@ core::Result<void> Store::commit(std::vector<Principal*>& touched_out) {
     }
     if (batch_failed_) {
         result = core::make_error("unavailable", batch_error_);
+        metrics_.commit_failures.inc();
         rollback_batch();
         if (!degraded_)
             MESHD_LOG(error, "store.degraded", "message=%s", core::log_value(batch_error_).c_str());
@@ -1242,8 +1292,15 @@ core::Result<void> Store::commit(std::vector<Principal*>& touched_out) {
         degraded_message_ = batch_error_;
         // Cursors stay in memory and are retried with the next batch.
     } else {
-        if (in_txn_)
+        if (in_txn_) {
             ++batch_no_;
+            std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
+            metrics_.commit_seconds.observe(took.count());
+            if (batch_messages_ > 0) {
+                metrics_.batch_messages.observe(static_cast<double>(batch_messages_));
+                metrics_.messages_stored.add(static_cast<double>(batch_messages_));
+            }
+        }
         if (syncer_ && in_txn_) {
             UndurableBatch b{batch_no_, {}};
             b.heads.reserve(touched_.size());
@@ -1267,6 +1324,7 @@ core::Result<void> Store::commit(std::vector<Principal*>& touched_out) {
     }
     in_txn_ = false;
     batch_failed_ = false;
+    batch_messages_ = 0;
     batch_error_.clear();
     head_undo_.clear();
     touched_.clear();

@@ -18,6 +18,7 @@
 #pragma once
 
 #include "core/config.h"
+#include "core/metrics.h"
 #include "core/result.h"
 #include "core/uv_handle.h"
 
@@ -270,6 +271,18 @@ class Store {
     std::unique_ptr<WalSyncer> syncer_;
     core::UvAsync durable_notice_;
     std::function<void()> on_durable_;
+
+    // Metrics: counted once per commit; file sizes are read only when rendering.
+    struct Metrics {
+        core::Counter messages_stored;
+        core::Counter commit_failures;
+        core::Histogram batch_messages;
+        core::Histogram commit_seconds;
+    };
+    Metrics metrics_;
+    size_t batch_messages_ = 0; // messages appended to the open batch
+    core::CollectorHandle collector_;
+    void register_metrics();
 };
 
 } // namespace meshd::store

@@ -4,6 +4,7 @@
 
 #include "core/log.h"
 
+#include <algorithm>
 #include <cstring>
 #include <libwebsockets.h>
 #include <simdjson.h>
@@ -68,6 +69,10 @@ class Connection final : public session::Link {
     }
 
     void on_receive(const char* in, size_t len, bool first, bool final, bool binary) {
+        WsServer::Metrics& m = server_.metrics();
+        m.bytes_received.add(static_cast<double>(len));
+        if (final)
+            m.frames_received.inc();
         if (first) {
             rx_.clear();
             rx_total_ = 0;
@@ -118,6 +123,9 @@ class Connection final : public session::Link {
             session::OutFrame f = session_->next_frame();
             if (f.kind == session::OutFrame::Kind::none)
                 break;
+            WsServer::Metrics& m = server_.metrics();
+            m.frames_sent.inc();
+            m.bytes_sent.add(static_cast<double>(f.len));
             if (f.kind == session::OutFrame::Kind::text) {
                 append_frame_header(batch, f.len);
                 batch.append(f.data, f.len);
@@ -278,6 +286,176 @@ const lws_protocols protocols[] = {
     {nullptr, nullptr, 0, 0, 0, nullptr, 0},
 };
 
+// ---- HTTP listeners of modules ------------------------------------------------------------
+
+// One answer on a module's HTTP listener. The hook answers at once (it runs synchronously on
+// the loop); the body then leaves in pieces, one lws_write per HTTP_WRITEABLE.
+struct HttpExchange {
+    std::string body;
+    size_t sent = 0;
+};
+
+struct HttpPerSession {
+    HttpExchange* exchange; // owned: freed when written, or when the connection goes
+};
+
+constexpr size_t http_chunk = 16 * 1024;
+
+void drop_exchange(HttpPerSession* pss) {
+    if (pss && pss->exchange) {
+        std::unique_ptr<HttpExchange> owned(pss->exchange);
+        pss->exchange = nullptr;
+    }
+}
+
+// A content type a module gave must not be able to add header lines.
+bool valid_content_type(std::string_view t) {
+    if (t.empty() || t.size() > 200)
+        return false;
+    for (char c : t)
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
+            return false;
+    return true;
+}
+
+// Writes the status line and headers; queues the body unless head_only. Returns what the lws
+// callback returns.
+int http_respond(lws* wsi, HttpPerSession* pss, unsigned status, const std::string& content_type,
+                 std::string body, bool head_only, bool allow_header = false) {
+    unsigned char buf[LWS_PRE + 1024];
+    unsigned char* start = buf + LWS_PRE;
+    unsigned char* p = start;
+    unsigned char* end = buf + sizeof buf - 1;
+    if (lws_add_http_common_headers(wsi, status, content_type.c_str(), body.size(), &p, end))
+        return -1;
+    if (allow_header) {
+        static const char allow[] = "GET, HEAD";
+        if (lws_add_http_header_by_name(wsi, reinterpret_cast<const unsigned char*>("allow:"),
+                                        reinterpret_cast<const unsigned char*>(allow),
+                                        sizeof allow - 1, &p, end))
+            return -1;
+    }
+    if (lws_finalize_write_http_header(wsi, start, &p, end))
+        return -1;
+    if (head_only || body.empty())
+        return lws_http_transaction_completed(wsi) ? -1 : 0;
+    drop_exchange(pss);
+    auto exchange = std::make_unique<HttpExchange>();
+    exchange->body = std::move(body);
+    pss->exchange = exchange.release();
+    lws_callback_on_writable(wsi);
+    return 0;
+}
+
+int http_writable(lws* wsi, HttpPerSession* pss, std::string& scratch) {
+    HttpExchange* ex = pss ? pss->exchange : nullptr;
+    if (!ex)
+        return 0;
+    size_t n = std::min(http_chunk, ex->body.size() - ex->sent);
+    bool last = ex->sent + n == ex->body.size();
+    scratch.assign(LWS_PRE, '\0');
+    scratch.append(ex->body, ex->sent, n);
+    if (lws_write(wsi, reinterpret_cast<unsigned char*>(scratch.data() + LWS_PRE), n,
+                  last ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) < 0)
+        return -1;
+    ex->sent += n;
+    if (!last) {
+        lws_callback_on_writable(wsi);
+        return 0;
+    }
+    drop_exchange(pss);
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+// The query as lws kept it: each name=value pair %-decoded, joined again with '&'.
+std::string query_of(lws* wsi) {
+    std::string q;
+    char piece[1024];
+    for (int i = 0; i < 64; ++i) {
+        int n = lws_hdr_copy_fragment(wsi, piece, sizeof piece, WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (n < 0)
+            break; // no such fragment (or one too long to pass on)
+        if (i > 0)
+            q += '&';
+        q.append(piece, static_cast<size_t>(n));
+    }
+    return q;
+}
+
+int http_request(lws* wsi, HttpPerSession* pss, WsServer::HttpVhost& vhost, std::string_view path) {
+    WsServer& server = *vhost.server;
+    router::ModuleSet& modules = server.broker().modules();
+    const router::HttpListen& listen = modules.http_listens()[vhost.listener];
+    char* uri = nullptr;
+    int uri_len = 0;
+    int method = lws_http_get_uri_and_method(wsi, &uri, &uri_len);
+    bool head = method == LWSHUMETH_HEAD;
+    const std::string text = "text/plain; charset=utf-8";
+    if (method != LWSHUMETH_GET && !head)
+        return http_respond(wsi, pss, HTTP_STATUS_METHOD_NOT_ALLOWED, text,
+                            "meshd: only GET and HEAD are served here\n", false, true);
+    if (path != listen.path)
+        return http_respond(wsi, pss, HTTP_STATUS_NOT_FOUND, text,
+                            "meshd: not found; module " + listen.module + " serves " + listen.path +
+                                " here\n",
+                            head);
+    std::string query = query_of(wsi);
+    std::string remote = peer_address(wsi);
+    router::HttpReply reply =
+        modules.http(vhost.listener, head ? "HEAD" : "GET", path, query, remote);
+    MESHD_LOG(debug, "http.request", "module=%s method=%s path=%s query=%s remote=%s status=%d",
+              listen.module.c_str(), head ? "HEAD" : "GET", core::log_value(path).c_str(),
+              core::log_value(query).c_str(), remote.c_str(), reply.status);
+    if (!valid_content_type(reply.content_type)) {
+        MESHD_LOG(error, "http.bad_content_type", "module=%s", listen.module.c_str());
+        return http_respond(
+            wsi, pss, HTTP_STATUS_INTERNAL_SERVER_ERROR, text,
+            "meshd: module " + listen.module + " answered with an invalid content type\n", head);
+    }
+    return http_respond(wsi, pss, static_cast<unsigned>(reply.status), reply.content_type,
+                        std::move(reply.body), head);
+}
+
+int http_callback(lws* wsi, lws_callback_reasons reason, void* user, void* in,
+                  size_t len) noexcept {
+    auto* pss = static_cast<HttpPerSession*>(user);
+    lws_vhost* vh = lws_get_vhost(wsi);
+    auto* vhost = vh ? static_cast<WsServer::HttpVhost*>(lws_vhost_user(vh)) : nullptr;
+    try {
+        switch (reason) {
+        case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+            return vhost && vhost->server->accepting() ? 0 : 1;
+        case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+            return 1; // HTTP only: a WebSocket upgrade gets a bare close
+        case LWS_CALLBACK_HTTP:
+            if (!vhost || !pss)
+                return -1;
+            return http_request(wsi, pss, *vhost,
+                                std::string_view(static_cast<const char*>(in), len));
+        case LWS_CALLBACK_HTTP_BODY:
+            return 0; // a body (of a refused POST, say) is read and dropped
+        case LWS_CALLBACK_HTTP_WRITEABLE:
+            return vhost ? http_writable(wsi, pss, vhost->server->write_batch()) : -1;
+        case LWS_CALLBACK_CLOSED_HTTP:
+        case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+            drop_exchange(pss);
+            return 0;
+        default:
+            return 0;
+        }
+    } catch (const std::exception& e) {
+        MESHD_LOG(error, "transport.exception", "reason=%d message=%s", static_cast<int>(reason),
+                  core::log_value(e.what()).c_str());
+        drop_exchange(pss);
+        return -1;
+    }
+}
+
+const lws_protocols http_protocols[] = {
+    {"meshd-http", http_callback, sizeof(HttpPerSession), 1024, 0, nullptr, 0},
+    {nullptr, nullptr, 0, 0, 0, nullptr, 0},
+};
+
 void lws_log_line(int level, const char* line) {
     std::string_view l(line);
     while (!l.empty() && (l.back() == '\n' || l.back() == ' '))
@@ -308,32 +486,67 @@ core::Result<std::unique_ptr<WsServer>> WsServer::start(uv_loop_t* loop, const c
     if (!server->context_)
         return core::make_error("internal", "cannot create the libwebsockets context (is "
                                             "libwebsockets-evlib-uv installed?)");
-    int index = 0;
-    for (const core::ListenAddr& addr : config.listen) {
+    auto fail = [&](const std::string& message) -> core::Error {
+        // Two destroys need the loop to run between them (lws 4.1 on a foreign loop).
+        server->destroy_begin();
+        for (int i = 0; i < 20 && uv_run(loop, UV_RUN_NOWAIT) != 0; ++i) {
+        }
+        return core::make_error("internal", message);
+    };
+    // A vhost on addr; returns the "host:port" it listens on, or "" if it cannot bind.
+    auto open_vhost = [&](const std::string& name, const core::ListenAddr& addr,
+                          const lws_protocols* protos, void* user) -> std::string {
         lws_context_creation_info vh{};
-        std::string name = "listen" + std::to_string(index++);
         vh.vhost_name = name.c_str();
         vh.port = addr.port;
         vh.iface = addr.host.c_str();
-        vh.protocols = protocols;
+        vh.protocols = protos;
+        vh.user = user;
         vh.options = LWS_SERVER_OPTION_LIBUV;
         if (addr.host.find(':') == std::string::npos)
             vh.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
         lws_vhost* v = lws_create_vhost(server->context_, &vh);
-        if (!v) {
-            // Two destroys need the loop to run between them (lws 4.1 on a foreign loop).
-            server->destroy_begin();
-            for (int i = 0; i < 20 && uv_run(loop, UV_RUN_NOWAIT) != 0; ++i) {
-            }
-            return core::make_error("internal", "cannot listen on " + addr.text +
-                                                    " (server.listen): address in use or not "
-                                                    "available on this host");
-        }
+        if (!v)
+            return {};
         int port = lws_get_vhost_listen_port(v);
         std::string host =
             addr.host.find(':') == std::string::npos ? addr.host : "[" + addr.host + "]";
-        server->listening_.push_back(host + ":" + std::to_string(port));
+        return host + ":" + std::to_string(port);
+    };
+    int index = 0;
+    for (const core::ListenAddr& addr : config.listen) {
+        std::string listening =
+            open_vhost("listen" + std::to_string(index++), addr, protocols, nullptr);
+        if (listening.empty())
+            return fail("cannot listen on " + addr.text +
+                        " (server.listen): address in use or not available on this host");
+        server->listening_.push_back(std::move(listening));
     }
+    const auto& http = broker.modules().http_listens();
+    for (size_t i = 0; i < http.size(); ++i) {
+        const router::HttpListen& l = http[i];
+        // Owned by the server from here, even if the vhost fails: lws may still pass its user
+        // pointer to callbacks while it tears the failed vhost down.
+        server->http_vhosts_.push_back(std::make_unique<HttpVhost>(HttpVhost{server.get(), i}));
+        std::string listening = open_vhost("http" + std::to_string(i), l.addr, http_protocols,
+                                           server->http_vhosts_.back().get());
+        if (listening.empty())
+            return fail("cannot listen on " + l.addr.text + " (" + l.config_key + ", for module " +
+                        l.module + "): address in use or not available on this host; change " +
+                        l.config_key + " or free the port");
+        MESHD_LOG(info, "http.listen", "module=%s listen=%s path=%s", l.module.c_str(),
+                  listening.c_str(), core::log_value(l.path).c_str());
+        server->http_listening_.push_back({l.module, std::move(listening), l.path});
+    }
+    server->metrics_.frames_received = core::core_counter(
+        "meshd_frames_received_total", "WebSocket messages (meshd frames) received from clients.");
+    server->metrics_.frames_sent = core::core_counter(
+        "meshd_frames_sent_total",
+        "WebSocket messages (meshd frames, pings and closes) written to clients.");
+    server->metrics_.bytes_received = core::core_counter(
+        "meshd_received_bytes_total", "Payload bytes of WebSocket messages received.");
+    server->metrics_.bytes_sent = core::core_counter(
+        "meshd_sent_bytes_total", "Payload bytes of WebSocket messages written.");
     return server;
 }
 

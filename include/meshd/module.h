@@ -343,7 +343,9 @@ typedef enum meshd_metric_type {
  * Prometheus rules ([a-zA-Z_:][a-zA-Z0-9_:]*; counters should end in _total); labels is the
  * text between the braces, such as reason="send", or NULL. Returns NULL (and logs why) on a
  * bad name or a type that differs from the name's earlier series. Handles live as long as
- * meshd; they may be used from the loop thread only. */
+ * meshd; they may be used from the loop thread only. A module may add series to a core
+ * family: a rate limiter counts its refusals as meshd_rate_limited_total{reason="..."} (a
+ * counter; meshd itself uses reason="inflight"). meshd(8) lists the core families. */
 meshd_metric *meshd_host_metric(meshd_host *host, meshd_metric_type type, const char *name,
                                 const char *help, const char *labels);
 void meshd_host_metric_add(meshd_metric *metric, double delta);

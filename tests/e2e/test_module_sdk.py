@@ -148,7 +148,7 @@ def test_section_checked_at_check_and_start(wordfilter_so):
             rc, out, err = run_meshd(*args)
             assert rc == 1, (args, rc, out, err)
             found = error_lines(err, m.config_path)
-            assert found.get((wrod_line, 8)) == ("unknown key wordfilter.wrod (did you mean "
+            assert found.get((wrod_line, 1)) == ("unknown key wordfilter.wrod (did you mean "
                                                  "wordfilter.word?)"), err
             assert found.get((wrod_line + 1, 18)) == (
                 "wordfilter.case_sensitive must be a boolean (compare letters exactly), got 3"), err

@@ -729,12 +729,12 @@ TEST(ConfigModuleTables, ErrorsArePositionedAndSay) {
                            "dry_run = 1\n[m.sub]\nx = 1\n",
                            sample_keys());
     ASSERT_EQ(e.size(), 5u);
-    EXPECT_EQ(e[0], "f.toml:4:12: unknown key m.send_rat (did you mean m.send_rate?)");
+    EXPECT_EQ(e[0], "f.toml:4:1: unknown key m.send_rat (did you mean m.send_rate?)");
     EXPECT_EQ(e[1], "f.toml:5:14: m.send_burst must be an integer, got \"5\"");
     EXPECT_EQ(e[2], "f.toml:6:13: m.send_rate = -1 is out of range (sends per second): it must "
                     "be 0..1000000");
     EXPECT_EQ(e[3], "f.toml:7:11: m.dry_run must be a boolean, got 1");
-    EXPECT_EQ(e[4], "f.toml:9:5: unknown key m.sub.x: keys of [m] are send_rate, send_burst, "
+    EXPECT_EQ(e[4], "f.toml:9:1: unknown key m.sub.x: keys of [m] are send_rate, send_burst, "
                     "dry_run, listen");
 }
 
@@ -744,7 +744,7 @@ TEST(ConfigModuleTables, IntegerRangeAndNoKeys) {
     EXPECT_EQ(e[0], "f.toml:4:14: m.send_burst = 1001 is out of range: it must be 1..1000");
     e = module_errors("[m]\nx = 1\n", {});
     ASSERT_EQ(e.size(), 1u);
-    EXPECT_EQ(e[0], "f.toml:4:5: unknown key m.x: module m takes no settings; remove [m]");
+    EXPECT_EQ(e[0], "f.toml:4:1: unknown key m.x: module m takes no settings; remove [m]");
 }
 
 // ---- diff_config --------------------------------------------------------------------------
