@@ -198,6 +198,10 @@ struct State {
     FullWarning full[reason_count];
     int64_t last_sweep_ms = 0;
     char message[256] = {0}; // a refusal's text: lives until the next call, as the ABI asks
+    // meshd_rate_limited_total{reason} (refused) and meshd_ratelimit_dry_run_total{reason}
+    // (would have been refused), registered in init; null if the registry said no.
+    meshd_metric* refused_metric[reason_count] = {};
+    meshd_metric* dry_run_metric[reason_count] = {};
 
     explicit State(uint64_t seed)
         : connects(64, IpHash{seed}), auth_fails(64, IpHash{seed ^ 0x5bd1e995ULL}) {}
@@ -218,10 +222,6 @@ void flush_tally(State& st, Reason r, int64_t now) {
                   reason_names[r], t.pending, t.total, t.last_key);
     log_line(st, MESHD_LOG_INFO, st.settings.dry_run ? "ratelimit.dry_run" : "ratelimit.refused",
              text);
-    // METRICS: once the metrics registry (meshd_host_metric*) is in the daemon, count here
-    // meshd_ratelimit_refused_total{reason=...} and meshd_ratelimit_dry_run_total{reason=...}
-    // (registered in init). Not called yet: the symbols do not exist on this branch, and a
-    // module that refers to them would fail to load.
     t.pending = 0;
     t.logged = true;
     t.last_log_ms = now;
@@ -235,6 +235,8 @@ bool refuse(State& st, Reason r, std::string_view key, int64_t now) {
     size_t n = std::min(key.size(), sizeof t.last_key - 1);
     std::memcpy(t.last_key, key.data(), n);
     t.last_key[n] = '\0';
+    if (meshd_metric* m = st.settings.dry_run ? st.dry_run_metric[r] : st.refused_metric[r])
+        meshd_host_metric_add(m, 1);
     flush_tally(st, r, now);
     return !st.settings.dry_run;
 }
@@ -320,6 +322,16 @@ int init(meshd_host* host, void** state) {
             return 1;
         }
         st->last_sweep_ms = st->now();
+        for (int r = 0; r < reason_count; ++r) {
+            char labels[32];
+            std::snprintf(labels, sizeof labels, "reason=\"%s\"", reason_names[r]);
+            st->refused_metric[r] = meshd_host_metric(
+                host, MESHD_METRIC_COUNTER, "meshd_rate_limited_total",
+                "Requests refused as rate_limited, by reason.", labels);
+            st->dry_run_metric[r] = meshd_host_metric(
+                host, MESHD_METRIC_COUNTER, "meshd_ratelimit_dry_run_total",
+                "Requests ratelimit would have refused while dry_run is on, by reason", labels);
+        }
         log_settings(*st, "ratelimit.settings");
         *state = st.release(); // owned by meshd until fini
         return 0;

@@ -329,3 +329,35 @@ def test_bad_value_at_start_refuses_to_start():
         assert "it must be 1..1000000000" in err, err
         assert f"{m.config_path}:" in err, err  # FILE:LINE:COL, like core keys
         assert "event=server.ready" not in err
+
+
+@async_test
+async def test_refusals_are_counted_in_metrics():
+    # With the metrics module: enforced refusals go to meshd_rate_limited_total{reason},
+    # the core's family; dry-run ones to meshd_ratelimit_dry_run_total{reason}.
+    from test_metrics import HTTP_LISTEN_RE, parse_exposition, scrape, value
+    load = LOAD + ("metrics",)
+    extra = section(send_rate=0.01, send_burst=1) + '\n[metrics]\nlisten = "127.0.0.1:0"\n'
+    async with Meshd(load=load, extra=extra) as m:
+        port = int((await m.wait_log(HTTP_LISTEN_RE)).group(1))
+        c = await m.login(m.add_user("alice"), label="alice")
+        m.add_user("bob")
+        await c.send("bob", "ok", ref="1")
+        await c.expect("ack", ref="1")
+        for i in range(3):
+            await c.send("bob", "no", ref=f"n{i}")
+            await c.expect_error("rate_limited", ref=f"n{i}")
+        samples, _ = parse_exposition(scrape(port))
+        assert value(samples, "meshd_rate_limited_total", reason="send") == 3, samples
+        assert value(samples, "meshd_rate_limited_total", reason="connect") == 0
+        assert value(samples, "meshd_rate_limited_total", reason="inflight") == 0
+        assert value(samples, "meshd_ratelimit_dry_run_total", reason="send") == 0
+
+        m.write_config(extra=section(send_rate=0.01, send_burst=1, dry_run=True) +
+                       '\n[metrics]\nlisten = "127.0.0.1:0"\n')
+        m.ctl("reload")
+        await c.send("bob", "passes in dry run", ref="d")
+        await c.expect("ack", ref="d")
+        samples, _ = parse_exposition(scrape(port))
+        assert value(samples, "meshd_ratelimit_dry_run_total", reason="send") == 1, samples
+        assert value(samples, "meshd_rate_limited_total", reason="send") == 3
