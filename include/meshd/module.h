@@ -19,9 +19,10 @@
  *   meshd_host_run_job(), whose completion runs back on the loop thread;
  * - no C++ exception may leave a hook.
  *
- * MESHD_MODULE_ABI is 0 while the ABI is unstable: a module built against ABI 0 is only
- * loaded by a meshd of the same version. Once the out-of-tree example module builds against
- * the installed header, the ABI becomes 1 and is frozen.
+ * ABI 1 is frozen (the out-of-tree example module builds against the installed header and
+ * runs in meshd's tests). Its structs only grow into their reserved slots, which meshd sets
+ * to zero and modules leave zero; a change that cannot be made that way takes a new number,
+ * and meshd goes on hosting ABI 1 modules. ABI 0 was the unstable draft; meshd refuses it.
  */
 #ifndef MESHD_MODULE_H
 #define MESHD_MODULE_H
@@ -33,7 +34,7 @@
 extern "C" {
 #endif
 
-#define MESHD_MODULE_ABI 0
+#define MESHD_MODULE_ABI 1
 
 #if defined(__GNUC__)
 #define MESHD_EXPORT __attribute__((visibility("default")))

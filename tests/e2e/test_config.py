@@ -222,5 +222,5 @@ def test_module_with_unknown_abi_refused():
         path = os.path.join(mods, "abi_future.so")
         lines = [l for l in err.splitlines() if "event=module.load_failed" in l]
         assert len(lines) == 1 and f" file={path} " in lines[0], err
-        assert "module ABI 1000" in lines[0] and "hosts ABI 0" in lines[0], lines[0]
+        assert "module ABI 1001" in lines[0] and "hosts ABI 1" in lines[0], lines[0]
         assert "event=server.ready" not in err
