@@ -317,15 +317,22 @@ def run_to_exit(m, timeout=15):
 def test_bad_metrics_table_refused_with_position():
     with metrics_daemon(start=False,
                         extra='[metrics]\nlisen = "127.0.0.1:0"\npath = 9770\n') as m:
-        rc, err = run_to_exit(m)
-        assert rc == 1, err
         text = open(m.config_path).read().splitlines()
         row = text.index('lisen = "127.0.0.1:0"') + 1
-        assert (f"{m.config_path}:{row}:1: unknown key metrics.lisen (did you mean "
-                f"metrics.listen?)\n") in err, err
-        assert (f"{m.config_path}:{row + 1}:8: metrics.path must be a string (the HTTP path "
-                f"served, e.g. \"/metrics\"), got 9770\n") in err, err
+        want = [f"{m.config_path}:{row}:1: unknown key metrics.lisen (did you mean "
+                f"metrics.listen?)",
+                f"{m.config_path}:{row + 1}:8: metrics.path must be a string (the HTTP path "
+                f"served, e.g. \"/metrics\"), got 9770"]
+        rc, err = run_to_exit(m)
+        assert rc == 1, err
+        for line in want:
+            assert line + "\n" in err, err
         assert "event=module.load_failed" in err and "event=server.ready" not in err, err
+        # meshd --check opens the module to read its key list, and reports the same lines.
+        p = subprocess.run([meshd_bin(), "--config", m.config_path, "--check"],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=15)
+        assert p.returncode == 1, p
+        assert p.stderr.decode().splitlines() == want, p.stderr.decode()
 
 
 def test_busy_port_stops_start_naming_address_and_key():
