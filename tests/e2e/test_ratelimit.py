@@ -335,7 +335,8 @@ def test_bad_value_at_start_refuses_to_start():
 async def test_refusals_are_counted_in_metrics():
     # With the metrics module: enforced refusals go to meshd_rate_limited_total{reason},
     # the core's family; dry-run ones to meshd_ratelimit_dry_run_total{reason}.
-    from test_metrics import HTTP_LISTEN_RE, parse_exposition, scrape, value
+    from test_metrics import (HTTP_LISTEN_RE, check_with_promtool, parse_exposition, scrape,
+                              value)
     load = LOAD + ("metrics",)
     extra = section(send_rate=0.01, send_burst=1) + '\n[metrics]\nlisten = "127.0.0.1:0"\n'
     async with Meshd(load=load, extra=extra) as m:
@@ -358,6 +359,8 @@ async def test_refusals_are_counted_in_metrics():
         m.ctl("reload")
         await c.send("bob", "passes in dry run", ref="d")
         await c.expect("ack", ref="d")
-        samples, _ = parse_exposition(scrape(port))
+        text = scrape(port)
+        check_with_promtool(text)
+        samples, _ = parse_exposition(text)
         assert value(samples, "meshd_ratelimit_dry_run_total", reason="send") == 1, samples
         assert value(samples, "meshd_rate_limited_total", reason="send") == 3
