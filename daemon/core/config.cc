@@ -89,6 +89,25 @@ toml::source_position where(const toml::key& key, const toml::node& node) {
     return node.source().begin.line != 0 ? node.source().begin : key.source().begin;
 }
 
+// Appends c, with control characters escaped as TOML writes them, so a message stays one line.
+void append_escaped(std::string& out, char c) {
+    auto u = static_cast<unsigned char>(c);
+    if (c == '\n') {
+        out += "\\n";
+    } else if (c == '\r') {
+        out += "\\r";
+    } else if (c == '\t') {
+        out += "\\t";
+    } else if (u < 0x20 || u == 0x7f) {
+        static constexpr char hex[] = "0123456789ABCDEF";
+        out += "\\u00";
+        out += hex[u >> 4];
+        out += hex[u & 15];
+    } else {
+        out += c;
+    }
+}
+
 // A string as TOML would write it, cut short so that one error stays one line.
 std::string quote_toml(std::string_view s) {
     constexpr size_t max_shown = 60;
@@ -99,21 +118,11 @@ std::string quote_toml(std::string_view s) {
             out += "...";
             break;
         }
-        auto u = static_cast<unsigned char>(c);
         if (c == '"' || c == '\\') {
             out += '\\';
             out += c;
-        } else if (c == '\n') {
-            out += "\\n";
-        } else if (c == '\t') {
-            out += "\\t";
-        } else if (u < 0x20 || u == 0x7f) {
-            static constexpr char hex[] = "0123456789ABCDEF";
-            out += "\\u00";
-            out += hex[u >> 4];
-            out += hex[u & 15];
         } else {
-            out += c;
+            append_escaped(out, c);
         }
     }
     out += '"';
@@ -910,23 +919,8 @@ std::string syntax_message(std::string_view description) {
         out = "TOML syntax error while ";
         description.remove_prefix(toml_prefix.size());
     }
-    for (char c : description) {
-        auto u = static_cast<unsigned char>(c);
-        if (c == '\n') {
-            out += "\\n";
-        } else if (c == '\r') {
-            out += "\\r";
-        } else if (c == '\t') {
-            out += "\\t";
-        } else if (u < 0x20 || u == 0x7f) {
-            static constexpr char hex[] = "0123456789ABCDEF";
-            out += "\\u00";
-            out += hex[u >> 4];
-            out += hex[u & 15];
-        } else {
-            out += c;
-        }
-    }
+    for (char c : description)
+        append_escaped(out, c);
     return out;
 }
 

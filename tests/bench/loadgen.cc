@@ -46,6 +46,8 @@
 #include <utility>
 #include <vector>
 
+#include "sampling.h"
+
 namespace meshd::bench {
 namespace {
 
@@ -472,21 +474,6 @@ double setup_allowance_s(const Options& opt) {
     return 5.0 + 0.003 * double(conns) + (opt.mode == "replay" ? 120.0 : 0.0);
 }
 
-// /proc/net/sockstat "TCP: inuse I orphan O tw T alloc A mem M": M is in pages, both ends of
-// every loopback connection.
-std::optional<int64_t> tcp_mem_pages() {
-    std::ifstream in("/proc/net/sockstat");
-    std::string line;
-    while (in && std::getline(in, line)) {
-        if (line.rfind("TCP:", 0) != 0)
-            continue;
-        const size_t at = line.find(" mem ");
-        if (at != std::string::npos)
-            return std::strtoll(line.c_str() + at + 5, nullptr, 10);
-    }
-    return std::nullopt;
-}
-
 struct Credential {
     std::string name;
     std::string token;
@@ -525,50 +512,6 @@ std::optional<std::vector<Credential>> read_tokens(const std::string& path, size
         return std::nullopt;
     }
     return creds;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Process sampling: our own CPU (is the client the bottleneck?) and, optionally, meshd's.
-
-double self_cpu_s() {
-    rusage ru{};
-    getrusage(RUSAGE_SELF, &ru);
-    return double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-           double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
-
-std::optional<double> proc_cpu_s(int pid) {
-    char path[64];
-    std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    std::ifstream in(path);
-    std::string stat;
-    if (!in || !std::getline(in, stat))
-        return std::nullopt;
-    // Fields after "(comm)": state is field 3; utime and stime are fields 14 and 15.
-    const size_t paren = stat.rfind(')');
-    if (paren == std::string::npos)
-        return std::nullopt;
-    const char* p = stat.c_str() + paren + 2;
-    unsigned long long utime = 0, stime = 0;
-    if (std::sscanf(p, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) !=
-        2) {
-        return std::nullopt;
-    }
-    return double(utime + stime) / double(sysconf(_SC_CLK_TCK));
-}
-
-std::optional<int64_t> proc_status_kb(int pid, std::string_view field) {
-    char path[64];
-    std::snprintf(path, sizeof path, "/proc/%d/status", pid);
-    std::ifstream in(path);
-    std::string line;
-    while (in && std::getline(in, line)) {
-        if (line.size() > field.size() && line.compare(0, field.size(), field) == 0 &&
-            line[field.size()] == ':') {
-            return std::strtoll(line.c_str() + field.size() + 1, nullptr, 10);
-        }
-    }
-    return std::nullopt;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1580,16 +1523,6 @@ int LoadGen::run() {
         c.fd.reset();
     report();
     return setup_failed_ ? 1 : 0;
-}
-
-// Nearest-rank percentile in microseconds; NaN when there are no samples.
-double percentile_us(std::vector<int64_t>& samples, double p) {
-    if (samples.empty())
-        return std::nan("");
-    size_t rank = size_t(std::ceil(p * double(samples.size())));
-    rank = std::clamp<size_t>(rank, 1, samples.size()) - 1;
-    std::nth_element(samples.begin(), samples.begin() + ptrdiff_t(rank), samples.end());
-    return double(samples[rank]) / 1e3;
 }
 
 void LoadGen::report() const {

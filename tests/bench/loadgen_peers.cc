@@ -62,6 +62,8 @@
 #include <unistd.h>
 #include <vector>
 
+#include "sampling.h"
+
 namespace meshd::bench {
 namespace {
 
@@ -186,69 +188,7 @@ std::optional<Options> parse_options(int argc, char** argv) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Process sampling and results
-
-double self_cpu_s() {
-    rusage ru{};
-    getrusage(RUSAGE_SELF, &ru);
-    return double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-           double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
-
-std::optional<double> proc_cpu_s(int pid) {
-    char path[64];
-    std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    std::ifstream in(path);
-    std::string stat;
-    if (!in || !std::getline(in, stat))
-        return std::nullopt;
-    const size_t paren = stat.rfind(')');
-    if (paren == std::string::npos)
-        return std::nullopt;
-    unsigned long long utime = 0, stime = 0;
-    if (std::sscanf(stat.c_str() + paren + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
-                    &utime, &stime) != 2) {
-        return std::nullopt;
-    }
-    return double(utime + stime) / double(sysconf(_SC_CLK_TCK));
-}
-
-std::optional<int64_t> proc_status_kb(int pid, std::string_view field) {
-    char path[64];
-    std::snprintf(path, sizeof path, "/proc/%d/status", pid);
-    std::ifstream in(path);
-    std::string line;
-    while (in && std::getline(in, line)) {
-        if (line.size() > field.size() && line.compare(0, field.size(), field) == 0 &&
-            line[field.size()] == ':') {
-            return std::strtoll(line.c_str() + field.size() + 1, nullptr, 10);
-        }
-    }
-    return std::nullopt;
-}
-
-// "TCP: inuse I orphan O tw T alloc A mem M": mem is in pages.
-std::optional<int64_t> tcp_mem_pages() {
-    std::ifstream in("/proc/net/sockstat");
-    std::string line;
-    while (in && std::getline(in, line)) {
-        if (line.rfind("TCP:", 0) != 0)
-            continue;
-        const size_t at = line.find(" mem ");
-        if (at != std::string::npos)
-            return std::strtoll(line.c_str() + at + 5, nullptr, 10);
-    }
-    return std::nullopt;
-}
-
-double percentile_us(std::vector<int64_t>& samples, double p) {
-    if (samples.empty())
-        return std::nan("");
-    size_t rank = size_t(std::ceil(p * double(samples.size())));
-    rank = std::clamp<size_t>(rank, 1, samples.size()) - 1;
-    std::nth_element(samples.begin(), samples.begin() + ptrdiff_t(rank), samples.end());
-    return double(samples[rank]) / 1e3;
-}
+// Results
 
 std::string num(double v, int decimals) {
     if (std::isnan(v))
