@@ -154,3 +154,44 @@ async def test_slow_device_loses_nothing():
         assert [x["seq"] for x in got] == list(range(1, n + 1)), [x["seq"] for x in got]
         assert [x["body"]["i"] for x in got] == list(range(n))
         assert all(len(x["body"]["pad"]) == size for x in got)
+
+
+@async_test
+async def test_stalled_consumer_is_bounded_closed_and_catches_up():
+    # A device that stops reading altogether: deliveries to others go on (its output is pulled
+    # from the log, so nothing queues up for it in meshd), the device is closed with a clear
+    # code once it stops answering pings, and on reconnect it gets everything it missed, once,
+    # in order.
+    async with Meshd(limits={"ping_interval_ms": 500}) as m:
+        ta, tb, tc = m.add_user("alice"), m.add_user("bob"), m.add_user("carol")
+        ca = await m.login(ta, label="alice")
+        cc = await m.login(tc, label="carol")
+        stalled = await m.login(tb, device="phone", label="bob/stalled")
+        stalled.ws.max_queue = 1  # the client library stops reading after one queued frame
+        stalled.ws.transport.pause_reading()  # and stops reading the socket at all
+        n, size = 60, 500_000  # 30 MB for bob, far more than socket buffers hold
+        for i in range(n):
+            await ca.send("bob", {"i": i, "pad": "x" * size}, ref=f"b{i}")
+            await ca.send("carol", {"i": i}, ref=f"c{i}")
+            await ca.expect("ack", ref=f"b{i}", timeout=20)
+            await ca.expect("ack", ref=f"c{i}", timeout=20)
+            # Carol is served as fast as she reads, whatever bob does.
+            f = await cc.expect("msg", timeout=5)
+            assert f["body"] == {"i": i}, f
+        # Two unanswered pings later meshd closes the stalled device with 4003 (or 4001 for a
+        # full queue), saying why; the close frame waits behind the unread bytes, so the peer
+        # that never reads is dropped 3 s later and may only see the connection reset (1006).
+        await m.wait_log(r"event=session\.close conn=\d+ code=400[13] reason=\S.* "
+                         r"principal=bob", timeout=15)
+        stalled.ws.transport.resume_reading()
+        code = await stalled.wait_closed(timeout=15, allow_frames=True)
+        assert code in (4001, 4003, 1006), code
+        if code != 1006:
+            assert stalled.ws.close_reason, "the close frame must say why"
+        got = [json.loads(x) for x in stalled.late_frames]
+        got = [x for x in got if x.get("type") == "msg"]
+        again = await m.login(tb, device="phone", resume=got[-1]["seq"] if got else None,
+                              label="bob/again")
+        got += again.replayed
+        assert [x["seq"] for x in got] == list(range(1, n + 1)), [x["seq"] for x in got][:10]
+        assert [x["body"]["i"] for x in got] == list(range(n))
