@@ -510,6 +510,10 @@ void Session::tick(uint64_t now_ms) {
             close_deadline_ms_ = now_ms + std::min(close_grace_ms, limits.ping_interval_ms);
             return;
         }
+        // A ping still unwritten a whole interval later means the peer reads nothing (its
+        // socket is full): that counts as a missed pong, or such a peer would never be closed.
+        if (ping_due_)
+            ++pings_unanswered_;
         ping_due_ = true;
         last_ping_ms_ = now_ms;
         link_.want_write();
