@@ -81,6 +81,7 @@ class Daemon {
         so.sync = config_->sync;
         so.dedupe_window_s = config_->dedupe_window_s;
         so.checkpoint_wal_bytes = config_->checkpoint_wal_bytes;
+        so.cache_bytes = static_cast<size_t>(config_->cache_bytes);
         auto st = store::Store::open(so);
         if (!st)
             return fail("store.open_failed", st.error().message);
@@ -183,6 +184,7 @@ class Daemon {
         broker_->apply_limits(session::BrokerLimits::from(next));
         ws_->set_max_frame(static_cast<size_t>(next.max_frame));
         store_->set_dedupe_window_s(next.dedupe_window_s);
+        store_->set_cache_bytes(static_cast<size_t>(next.cache_bytes));
         config_ = std::move(loaded.config);
         core::ConfigDiff result{applied.applied, since_start.restart_required};
         std::string applied_text = join(result.applied, ",");

@@ -104,6 +104,7 @@ void cmd_status(CommandContext& ctx, const Reply& reply) {
     field_int(r, "bytes", st.db_bytes);
     field(r, "state", st.degraded ? "degraded" : "ok");
     field_int(r, "commits", static_cast<int64_t>(ctx.store.last_batch()));
+    field_int(r, "cache_bytes", static_cast<int64_t>(ctx.store.cache_bytes_used()));
     field(r, "message", st.message);
     r += "}}";
     reply(ok(r));

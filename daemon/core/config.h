@@ -66,6 +66,7 @@ struct Config {
     // [storage]
     SyncMode sync = SyncMode::normal;
     int64_t dedupe_window_s = 86400;
+    int64_t cache_bytes = 67108864;
     int64_t checkpoint_wal_bytes = 67108864;
     // [log]
     LogLevel log_level = LogLevel::info;

@@ -484,7 +484,12 @@ void Store::register_metrics() {
         "meshd_store_degraded", "1 while the store refuses writes (see meshctl status), else 0.");
     core::Gauge principals =
         core::core_gauge("meshd_principals", "Users and agents that exist (not deleted).");
-    collector_ = core::metrics().add_collector([this, db, wal, degraded, principals]() mutable {
+    core::Gauge cache = core::core_gauge(
+        "meshd_log_cache_bytes",
+        "Memory charged to the cache of the newest log entries (storage.cache_bytes).");
+    collector_ = core::metrics().add_collector([this, db, wal, degraded, principals,
+                                                cache]() mutable {
+        cache.set(static_cast<double>(cache_used_));
         db.set(static_cast<double>(file_size(db_path_)));
         wal.set(static_cast<double>(file_size(db_path_ + "-wal")));
         degraded.set(degraded_ ? 1 : 0);
@@ -700,9 +705,9 @@ core::Error Store::fail_batch(const char* what) {
 }
 
 void Store::touch(Principal* p) {
-    for (const HeadUndo& u : head_undo_)
-        if (u.p == p)
-            return;
+    if (p->in_batch)
+        return;
+    p->in_batch = true;
     head_undo_.push_back({p, p->head});
     touched_.push_back(p);
 }
@@ -740,6 +745,7 @@ core::Result<Principal*> Store::add_principal(std::string_view name, Kind kind, 
             return;
         Principal* gone = it->second.get();
         std::erase_if(dirty_cursors_, [gone](const auto& d) { return d.first == gone; });
+        tail_drop(gone);
         by_name_.erase(gone->name);
         by_pid_.erase(it);
     });
@@ -816,6 +822,7 @@ core::Result<void> Store::delete_principal(Principal* p) {
             return;
         dead_names_[pid] = it->second->name;
         std::erase(touched_, it->second.get());
+        tail_drop(it->second.get());
         retired_.push_back(std::move(it->second));
         by_pid_.erase(it);
     });
@@ -1025,11 +1032,7 @@ core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,
         sqlite3_bind_int64(s, 3, mid);
         if (sqlite3_step(s) != SQLITE_DONE)
             return false;
-        if (!p->tail.empty() && p->tail.back().seq != seq - 1)
-            p->tail.clear(); // keep the tail contiguous
-        p->tail.push_back({seq, ref});
-        if (p->tail.size() > options_.tail_limit)
-            p->tail.pop_front();
+        tail_push(p, {seq, ref});
         return true;
     };
     // The sender's own entry first: its seq was promised to the dedupe record above.
@@ -1042,6 +1045,7 @@ core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,
             return fail_batch("append to log");
     }
     ++batch_messages_;
+    tail_evict();
     return AppendResult{sender_seq, false};
 }
 
@@ -1246,9 +1250,10 @@ void Store::rollback_batch() {
     }
     for (const HeadUndo& u : head_undo_) {
         u.p->head = u.head;
-        while (!u.p->tail.empty() && u.p->tail.back().seq > u.head)
-            u.p->tail.pop_back();
+        u.p->in_batch = false;
+        tail_truncate(u.p, u.head);
     }
+    head_undo_.clear();
     for (auto it = undo_.rbegin(); it != undo_.rend(); ++it)
         (*it)();
 }
@@ -1313,6 +1318,8 @@ core::Result<void> Store::commit(std::vector<Principal*>& touched_out) {
                 p->committed_head = p->head;
             touched_out.swap(touched_);
         }
+        for (const HeadUndo& u : head_undo_)
+            u.p->in_batch = false;
         for (auto& fn : on_ok_)
             fn();
         dirty_cursors_.clear();
@@ -1331,6 +1338,83 @@ core::Result<void> Store::commit(std::vector<Principal*>& touched_out) {
     undo_.clear();
     on_ok_.clear();
     return result;
+}
+
+// ---- the tail cache ---------------------------------------------------------------------
+
+namespace {
+// What one cached entry is charged: the message's variable parts in every tail it is in, and
+// a fixed part for the deque slot, the shared_ptr's control block and the strings' headers.
+size_t entry_cost(const LogEntry& e) {
+    const MessageData& m = *e.msg;
+    return 128 + m.body.size() + m.from.size() + m.to.size() + m.client_id.size();
+}
+} // namespace
+
+void Store::tail_push(Principal* p, LogEntry entry) {
+    if (!p->tail.empty() && p->tail.back().seq != entry.seq - 1)
+        tail_truncate(p, 0); // keep the tail contiguous
+    size_t cost = entry_cost(entry);
+    p->tail.push_back(std::move(entry));
+    p->tail_bytes += cost;
+    cache_used_ += cost;
+    if (p->tail.size() > options_.tail_limit)
+        tail_pop_front(p);
+    // Most recently appended first.
+    if (lru_newest_ == p)
+        return;
+    lru_unlink(p);
+    p->lru_older = lru_newest_;
+    if (lru_newest_)
+        lru_newest_->lru_newer = p;
+    lru_newest_ = p;
+    if (!lru_oldest_)
+        lru_oldest_ = p;
+}
+
+void Store::tail_pop_front(Principal* p) {
+    size_t cost = entry_cost(p->tail.front());
+    p->tail.pop_front();
+    p->tail_bytes -= cost;
+    cache_used_ -= cost;
+}
+
+void Store::tail_truncate(Principal* p, int64_t head) {
+    while (!p->tail.empty() && p->tail.back().seq > head) {
+        size_t cost = entry_cost(p->tail.back());
+        p->tail.pop_back();
+        p->tail_bytes -= cost;
+        cache_used_ -= cost;
+    }
+}
+
+void Store::tail_drop(Principal* p) {
+    tail_truncate(p, 0);
+    p->tail.shrink_to_fit();
+    lru_unlink(p);
+}
+
+void Store::lru_unlink(Principal* p) {
+    if (!p->lru_newer && !p->lru_older && lru_newest_ != p)
+        return; // not listed
+    (p->lru_newer ? p->lru_newer->lru_older : lru_newest_) = p->lru_older;
+    (p->lru_older ? p->lru_older->lru_newer : lru_oldest_) = p->lru_newer;
+    p->lru_newer = p->lru_older = nullptr;
+}
+
+void Store::tail_evict() {
+    while (cache_used_ > options_.cache_bytes && lru_oldest_) {
+        Principal* p = lru_oldest_;
+        while (cache_used_ > options_.cache_bytes && !p->tail.empty())
+            tail_pop_front(p);
+        if (p->tail.empty())
+            tail_drop(p);
+    }
+}
+
+void Store::set_cache_bytes(size_t bytes) {
+    options_.cache_bytes = bytes;
+    tail_evict();
 }
 
 uint64_t Store::durable_batch() const {

@@ -62,8 +62,14 @@ struct Principal {
     int64_t created_ms = 0;
     int64_t head = 0;           // highest seq handed out (may be in the open batch)
     int64_t committed_head = 0; // highest seq known committed
-    // The newest log entries (committed and pending), contiguous in seq, at most tail_limit.
+    // The newest log entries (committed and pending), contiguous in seq: a cache in front of
+    // the log, at most tail_limit entries, and within the store's cache_bytes over all
+    // principals (the least recently appended lose theirs first). Only the store changes it.
     std::deque<LogEntry> tail;
+    size_t tail_bytes = 0;            // what tail is charged against cache_bytes
+    Principal* lru_newer = nullptr;   // the store's list of principals with a tail,
+    Principal* lru_older = nullptr;   // most recently appended first
+    bool in_batch = false;            // the open batch has moved head (store's undo list)
     // device -> highest seq the device acknowledged ("ack upto").
     std::unordered_map<std::string, int64_t> cursors;
 };
@@ -91,6 +97,9 @@ struct StoreOptions {
     int64_t dedupe_window_s = 86400;
     int64_t checkpoint_wal_bytes = 64 << 20;
     size_t tail_limit = 256;
+    // Budget of every principal's tail together: bodies and names of cached messages (a
+    // message cached in several tails counts in each) plus a fixed cost per entry.
+    size_t cache_bytes = 64 << 20;
 };
 
 struct AppendResult {
@@ -203,6 +212,9 @@ class Store {
     // Shutdown: fdatasync now, on the calling thread, and mark every batch durable.
     void sync_now();
     StoreStatus status() const;
+    // The tail cache: bytes charged now, and changing the budget (evicts at once if lower).
+    size_t cache_bytes_used() const { return cache_used_; }
+    void set_cache_bytes(size_t bytes);
     // Frees the principals deleted by committed batches.
     void drop_retired() { retired_.clear(); }
 
@@ -216,6 +228,16 @@ class Store {
     core::Error fail_batch(const char* what);
     void rollback_batch();
     void touch(Principal* p);
+    // Tail cache bookkeeping: every change to a Principal's tail goes through these.
+    void tail_push(Principal* p, LogEntry entry);
+    void tail_pop_front(Principal* p);
+    void tail_truncate(Principal* p, int64_t head); // drops entries with seq > head
+    void tail_drop(Principal* p);                   // all of it, and off the LRU list
+    void tail_evict();                              // to cache_bytes, oldest principals first
+    void lru_unlink(Principal* p);
+    size_t cache_used_ = 0;
+    Principal* lru_newest_ = nullptr;
+    Principal* lru_oldest_ = nullptr;
     sqlite3_stmt* stmt(int which) const { return stmts_[which]; }
     void token_hash(std::string_view token, unsigned char out[32]) const;
 

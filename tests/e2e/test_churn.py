@@ -99,3 +99,42 @@ async def test_churn_returns_fds_and_memory_to_baseline():
             assert rss - base_rss <= RSS_MARGIN_KB, (
                 f"RSS grew by {rss - base_rss} kB over {CYCLES} cycles "
                 f"({base_rss} -> {rss} kB)")
+
+
+@async_test
+async def test_big_messages_for_an_offline_principal_stay_within_the_cache_budget():
+    # The newest log entries are cached in memory; with big bodies that cache is what grows.
+    # storage.cache_bytes bounds it over all principals: 100 bodies of 500 kB (50 MB, each
+    # cached for sender and recipient) leave meshd within a few MB of SQLite's page cache and
+    # the budget. Before the budget, the cache kept 256 entries per principal of any size and
+    # this grew by the whole 50 MB. Nothing evicted is lost: bob then gets every message.
+    budget = 4 << 20
+    n, size = 100, 500_000
+    async with Meshd(storage={"cache_bytes": budget}) as m:
+        pid = m.proc.pid
+        ta, tb = m.add_user("alice"), m.add_user("bob")
+        a = await m.login(ta, label="alice")
+
+        async def send_range(lo, hi):
+            for i in range(lo, hi):
+                await a.send("bob", {"i": i, "pad": "x" * size}, ref=f"r{i}")
+                await a.expect("ack", ref=f"r{i}", timeout=20)
+
+        await send_range(0, 20)  # warm-up: SQLite's page cache, lws and frame buffers
+        base_rss = rss_kb(pid)
+        await send_range(20, n)
+        rss = rss_kb(pid)
+        status = m.ctl("status")
+        print(f"cache: rss {base_rss} kB -> {rss} kB, cache {status['store']['cache_bytes']}")
+        assert 0 < status["store"]["cache_bytes"] <= budget, status["store"]
+        if not sanitized(pid):
+            grown_kb = rss - base_rss
+            assert grown_kb <= 24 * 1024, (
+                f"RSS grew by {grown_kb} kB for {n - 20} messages of {size} bytes "
+                f"with storage.cache_bytes = {budget}")
+
+        b = await m.login(tb, label="bob")
+        assert [f["body"]["i"] for f in b.replayed] == list(range(n))
+        assert [f["seq"] for f in b.replayed] == list(range(1, n + 1))
+        await a.close()
+        await b.close()

@@ -163,6 +163,12 @@ const IntRow int_rows[] = {
      "meshd.toml:2:19: storage.dedupe_window_s must be an integer 1..31536000, got 0"},
     {"[storage]\ndedupe_window_s = 31536001\n", nullptr, 0,
      "meshd.toml:2:19: storage.dedupe_window_s must be an integer 1..31536000, got 31536001"},
+    {"[storage]\ncache_bytes = 0\n", &Config::cache_bytes, 0, ""},
+    {"[storage]\ncache_bytes = 17179869184\n", &Config::cache_bytes, 17179869184, ""},
+    {"[storage]\ncache_bytes = -1\n", nullptr, 0,
+     "meshd.toml:2:15: storage.cache_bytes must be an integer 0..17179869184, got -1"},
+    {"[storage]\ncache_bytes = 17179869185\n", nullptr, 0,
+     "meshd.toml:2:15: storage.cache_bytes must be an integer 0..17179869184, got 17179869185"},
     {"[storage]\ncheckpoint_wal_bytes = 1048576\n", &Config::checkpoint_wal_bytes, 1048576, ""},
     {"[storage]\ncheckpoint_wal_bytes = 17179869184\n", &Config::checkpoint_wal_bytes,
      17179869184, ""},
@@ -775,7 +781,7 @@ TEST(ConfigDiff, EveryKeyIsCompared) {
                             "max_inflight = 2\nmax_devices = 2\nhello_timeout_ms = 101\n"
                             "ping_interval_ms = 101\n"
                             "[storage]\nsync = \"full\"\ndedupe_window_s = 2\n"
-                            "checkpoint_wal_bytes = 1048576\n"
+                            "cache_bytes = 5\ncheckpoint_wal_bytes = 1048576\n"
                             "[log]\nlevel = \"error\"\n");
     ConfigDiff d = diff_config(before, after);
     std::vector<std::string> applied, restart;
@@ -783,11 +789,13 @@ TEST(ConfigDiff, EveryKeyIsCompared) {
         (k.reloadable ? applied : restart).push_back(k.name);
     EXPECT_EQ(d.applied, applied);
     EXPECT_EQ(d.restart_required, restart);
-    // The reloadable set is the design's: all [limits] keys, log.level, storage.dedupe_window_s.
+    // The reloadable set is the design's: all [limits] keys, log.level, storage.dedupe_window_s
+    // and storage.cache_bytes.
     EXPECT_EQ(applied, (std::vector<std::string>{
                            "limits.max_frame", "limits.max_depth", "limits.max_queue",
                            "limits.max_inflight", "limits.max_devices", "limits.hello_timeout_ms",
-                           "limits.ping_interval_ms", "storage.dedupe_window_s", "log.level"}));
+                           "limits.ping_interval_ms", "storage.dedupe_window_s",
+                           "storage.cache_bytes", "log.level"}));
 }
 
 TEST(ConfigModuleTables, SameValueTreatsIntegerAndFloatAlike) {
@@ -824,7 +832,7 @@ TEST(ConfigKeys, Table) {
                          "modules.load", "limits.max_frame", "limits.max_depth", "limits.max_queue",
                          "limits.max_inflight", "limits.max_devices", "limits.hello_timeout_ms",
                          "limits.ping_interval_ms", "storage.sync", "storage.dedupe_window_s",
-                         "storage.checkpoint_wal_bytes", "log.level"}));
+                         "storage.cache_bytes", "storage.checkpoint_wal_bytes", "log.level"}));
     const KeyInfo& frame = config_keys()[5];
     EXPECT_EQ(frame.type, "integer");
     EXPECT_EQ(frame.default_text, "1048576");

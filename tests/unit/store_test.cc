@@ -589,6 +589,69 @@ TEST_F(StoreTest, TailKeepsTheNewestEntries) {
     EXPECT_EQ(seqs_of(page(*p("bob"))), (std::vector<int64_t>{1, 2, 3, 4, 5}));
 }
 
+// The cache of tails has one byte budget over all principals: whoever received least
+// recently loses entries first, the accounting returns to zero when everything is gone, and a
+// reload to a lower budget evicts at once. What was evicted is still read from the database.
+TEST_F(StoreTest, TailCacheStaysWithinItsByteBudget) {
+    const std::string big = "\"" + std::string(10000, 'x') + "\"";
+    options_.cache_bytes = 50000; // room for about four big entries in all
+    open();
+    add_all({"alice", "bob", "carol"});
+    send(p("alice"), p("carol"), "1");
+    commit_ok();
+    EXPECT_EQ(tail_seqs(*p("carol")), std::vector<int64_t>{1});
+    for (int i = 0; i < 10; ++i)
+        send(p("alice"), p("bob"), big);
+    commit_ok();
+    EXPECT_LE(store_->cache_bytes_used(), 50000u);
+    EXPECT_GT(store_->cache_bytes_used(), 20000u);
+    // carol received least recently: her entry went first; bob keeps his newest entries,
+    // contiguous and ending at the head.
+    EXPECT_EQ(tail_seqs(*p("carol")), std::vector<int64_t>{});
+    auto bob = tail_seqs(*p("bob"));
+    ASSERT_FALSE(bob.empty());
+    EXPECT_EQ(bob.back(), 10);
+    for (size_t i = 1; i < bob.size(); ++i)
+        EXPECT_EQ(bob[i], bob[i - 1] + 1);
+    EXPECT_EQ(seqs_of(page(*p("bob"))).size(), 10u);
+    EXPECT_EQ(seqs_of(page(*p("carol"))), std::vector<int64_t>{1});
+
+    // A message bigger than the whole budget is not cached at all.
+    send(p("carol"), p("bob"), "\"" + std::string(60000, 'y') + "\"");
+    commit_ok();
+    EXPECT_EQ(store_->cache_bytes_used(), 0u);
+    EXPECT_EQ(tail_seqs(*p("bob")), std::vector<int64_t>{});
+    auto got = page(*p("bob"));
+    ASSERT_EQ(seqs_of(got).size(), 11u);
+    EXPECT_EQ(got.back().msg->body.size(), 60002u);
+
+    store_->set_cache_bytes(1 << 20);
+    send(p("alice"), p("bob"), "2");
+    send(p("alice"), p("carol"), "3");
+    commit_ok();
+    EXPECT_EQ(tail_seqs(*p("carol")), std::vector<int64_t>{3});
+    EXPECT_GT(store_->cache_bytes_used(), 0u);
+    store_->set_cache_bytes(0); // reload to nothing
+    EXPECT_EQ(store_->cache_bytes_used(), 0u);
+    EXPECT_EQ(tail_seqs(*p("alice")), std::vector<int64_t>{});
+}
+
+// Deleting a principal releases what its tail was charged.
+TEST_F(StoreTest, TailCacheChargeLeavesWithADeletedPrincipal) {
+    open();
+    add_all({"alice", "bob"});
+    send(p("alice"), p("bob"), "\"" + std::string(1000, 'x') + "\"");
+    commit_ok();
+    size_t both = store_->cache_bytes_used();
+    ASSERT_TRUE(store_->delete_principal(p("bob")).ok());
+    commit_ok();
+    EXPECT_LT(store_->cache_bytes_used(), both);
+    EXPECT_GT(store_->cache_bytes_used(), 1000u); // alice's copy
+    ASSERT_TRUE(store_->delete_principal(p("alice")).ok());
+    commit_ok();
+    EXPECT_EQ(store_->cache_bytes_used(), 0u);
+}
+
 // ---- read_page ----------------------------------------------------------------------------
 
 TEST_F(StoreTest, ReadPage) {
