@@ -251,7 +251,7 @@ void Session::start_challenge(HelloRequest hello, const router::AuthOutcome& aut
     std::string frame = R"({"type":"challenge","nonce":)";
     core::json_append_string(frame, core::base64_encode(c.nonce));
     frame += '}';
-    challenge_ = std::move(c);
+    challenge_ = std::make_unique<PendingChallenge>(std::move(c));
     queue_control(std::move(frame));
 }
 

@@ -17,12 +17,13 @@
 // order; the ack for this device's own send takes the place of the msg at that seq.
 #pragma once
 
+#include "core/vec_queue.h"
 #include "session/frame.h"
 #include "store/store.h"
 
 #include <algorithm>
 #include <cstdint>
-#include <deque>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -163,15 +164,15 @@ class Session {
     std::string device_;
     store::Principal* principal_ = nullptr;
     std::string credential_;
-    std::optional<PendingChallenge> challenge_;
+    std::unique_ptr<PendingChallenge> challenge_; // while a hello's challenge is open
     State state_ = State::fresh;
     int64_t connected_ms_ = 0;
     uint64_t opened_loop_ms_ = 0;
 
     // output
-    std::deque<std::string> control_;
+    core::VecQueue<std::string> control_;
     size_t control_bytes_ = 0;
-    std::deque<PendingAck> acks_; // sorted by seq
+    core::VecQueue<PendingAck> acks_; // sorted by seq
     int64_t next_seq_ = 1;
     int64_t sync_target_ = 0;
     bool synced_ = true;
