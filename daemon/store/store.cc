@@ -1,6 +1,8 @@
 // store/store: SQLite schema, migrations, group commit, the checkpoint helper thread.
 #include "store/store.h"
 
+#include "store/wal_vfs.h"
+
 #include "core/clock.h"
 #include "core/log.h"
 
@@ -500,7 +502,8 @@ void Store::register_metrics() {
 core::Result<void> Store::open_db() {
     int rc =
         sqlite3_open_v2(db_path_.c_str(), &db_,
-                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        wal_batching_vfs()); // a commit's WAL frames in one write
     if (rc != SQLITE_OK)
         return core::make_error("internal",
                                 db_path_ + ": cannot open database: " + sqlite_message(db_));
