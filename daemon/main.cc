@@ -82,6 +82,8 @@ class Daemon {
         so.dedupe_window_s = config_->dedupe_window_s;
         so.checkpoint_wal_bytes = config_->checkpoint_wal_bytes;
         so.cache_bytes = static_cast<size_t>(config_->cache_bytes);
+        so.retention_days = config_->retention_days;
+        so.max_log_entries = config_->max_log_entries;
         auto st = store::Store::open(so);
         if (!st)
             return fail("store.open_failed", st.error().message);
@@ -185,6 +187,7 @@ class Daemon {
         ws_->set_max_frame(static_cast<size_t>(next.max_frame));
         store_->set_dedupe_window_s(next.dedupe_window_s);
         store_->set_cache_bytes(static_cast<size_t>(next.cache_bytes));
+        store_->set_retention(next.retention_days, next.max_log_entries);
         config_ = std::move(loaded.config);
         core::ConfigDiff result{applied.applied, since_start.restart_required};
         std::string applied_text = join(result.applied, ",");

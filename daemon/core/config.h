@@ -67,6 +67,8 @@ struct Config {
     SyncMode sync = SyncMode::normal;
     int64_t dedupe_window_s = 86400;
     int64_t cache_bytes = 67108864;
+    int64_t retention_days = 0;
+    int64_t max_log_entries = 0;
     int64_t checkpoint_wal_bytes = 67108864;
     // [log]
     LogLevel log_level = LogLevel::info;

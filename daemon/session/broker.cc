@@ -8,6 +8,9 @@
 
 namespace meshd::session {
 
+// Log entries retention may delete per second: small steps, the loop never waits long.
+constexpr size_t retention_step_entries = 2000;
+
 BrokerLimits BrokerLimits::from(const core::Config& c) {
     BrokerLimits l;
     l.max_frame = static_cast<size_t>(c.max_frame);
@@ -328,6 +331,12 @@ void Broker::tick() {
             kill_list_.push_back(s->conn_id());
     }
     modules_.tick(core::wall_ms());
+    // Retention in small steps, with the next commit; a device behind what it deleted gets a
+    // `gap` frame (Session::next_frame).
+    if (store_.retention_enabled())
+        if (auto r = store_.retention_step(core::wall_ms(), retention_step_entries); !r)
+            MESHD_LOG(warn, "store.retention_failed", "message=%s",
+                      core::log_value(r.error().message).c_str());
     // Kills run last: a kill destroys the session synchronously.
     for (uint64_t id : kill_list_) {
         auto it = sessions_.find(id);

@@ -353,6 +353,8 @@ void Session::login(store::Principal& p, const HelloRequest& hello, std::string 
     core::json_append_string(w, session_id_);
     w += R"(,"seq":)";
     core::json_append_int(w, p.committed_head);
+    w += R"(,"oldest":)";
+    core::json_append_int(w, p.oldest);
     w += R"(,"epoch":)";
     core::json_append_string(w, store.epoch());
     w += R"(,"server":)";
@@ -601,6 +603,16 @@ OutFrame Session::next_frame() {
     }
     if (!synced_ && next_seq_ > sync_target_) {
         append_synced(buf);
+        return finish(OutFrame::Kind::text);
+    }
+    if (next_seq_ < p.oldest && next_seq_ <= p.committed_head) {
+        // Retention deleted what this device would get next: say so, then go on after it.
+        buf += R"({"type":"gap","from":)";
+        core::json_append_int(buf, next_seq_);
+        buf += R"(,"to":)";
+        core::json_append_int(buf, p.oldest - 1);
+        buf += R"(,"reason":"retention"})";
+        next_seq_ = p.oldest;
         return finish(OutFrame::Kind::text);
     }
     while (next_seq_ <= p.committed_head) {

@@ -29,7 +29,7 @@ std::string_view to_string(Kind k) {
 
 namespace {
 
-constexpr int known_schema_version = 3;
+constexpr int known_schema_version = 4;
 
 // Numbered migrations; migration N brings user_version from N-1 to N. Each runs inside the
 // transaction that also sets user_version, so a crash leaves the old or the new schema.
@@ -93,6 +93,11 @@ CREATE TABLE keys(
     added_ms INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX keys_pid ON keys(pid);
 )sql",
+    // 4: retention. Which logs still reference a message, so that its body is deleted with
+    // the last reference. mids only grow, so new rows land on the index's last page.
+    R"sql(
+CREATE INDEX log_mid ON log(mid);
+)sql",
 };
 static_assert(sizeof migrations / sizeof migrations[0] == known_schema_version);
 
@@ -123,6 +128,10 @@ enum Stmt {
     s_insert_key,
     s_delete_key,
     s_delete_keys_of,
+    s_retention_scan,
+    s_retention_mids,
+    s_retention_delete_log,
+    s_retention_delete_msg,
     s_count
 };
 
@@ -157,6 +166,11 @@ const char* const stmt_sql[s_count] = {
     "INSERT INTO keys(pubkey, pid, added_ms) VALUES(?1, ?2, ?3)",
     "DELETE FROM keys WHERE pubkey = ?1 AND pid = ?2",
     "DELETE FROM keys WHERE pid = ?1",
+    "SELECT l.seq, m.ts FROM log l JOIN messages m ON m.mid = l.mid "
+    "WHERE l.pid = ?1 AND l.seq >= ?2 AND l.seq <= ?3 ORDER BY l.seq",
+    "SELECT mid FROM log WHERE pid = ?1 AND seq >= ?2 AND seq <= ?3",
+    "DELETE FROM log WHERE pid = ?1 AND seq >= ?2 AND seq <= ?3",
+    "DELETE FROM messages WHERE mid = ?1 AND NOT EXISTS (SELECT 1 FROM log WHERE mid = ?1)",
 };
 
 // Resets and clears a statement when the scope ends, so it never pins a read transaction.
@@ -467,6 +481,9 @@ constexpr double commit_second_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.00
 void Store::register_metrics() {
     metrics_.messages_stored = core::core_counter(
         "meshd_messages_stored_total", "Messages committed to the store (each stored once).");
+    metrics_.retention_deleted = core::core_counter(
+        "meshd_retention_deleted_total",
+        "Log entries deleted by retention (storage.retention_days, storage.max_log_entries).");
     metrics_.commit_failures = core::core_counter(
         "meshd_commit_failures_total",
         "Batches the database refused (busy, full, I/O error); their sends got unavailable.");
@@ -624,12 +641,14 @@ core::Result<void> Store::load() {
                        });
         !r)
         return r;
-    if (auto r = query("SELECT pid, MAX(seq) FROM log GROUP BY pid",
+    if (auto r = query("SELECT pid, MIN(seq), MAX(seq) FROM log GROUP BY pid",
                        [&](sqlite3_stmt* s) {
                            auto it = by_pid_.find(sqlite3_column_int64(s, 0));
-                           if (it != by_pid_.end())
-                               it->second->head = it->second->committed_head =
-                                   sqlite3_column_int64(s, 1);
+                           if (it == by_pid_.end())
+                               return;
+                           it->second->oldest = sqlite3_column_int64(s, 1);
+                           it->second->head = it->second->committed_head =
+                               sqlite3_column_int64(s, 2);
                        });
         !r)
         return r;
@@ -1341,6 +1360,103 @@ core::Result<void> Store::commit(std::vector<Principal*>& touched_out) {
     undo_.clear();
     on_ok_.clear();
     return result;
+}
+
+// ---- retention ---------------------------------------------------------------------------
+
+void Store::set_retention(int64_t retention_days, int64_t max_log_entries) {
+    options_.retention_days = retention_days;
+    options_.max_log_entries = max_log_entries;
+}
+
+core::Result<size_t> Store::retention_step(int64_t now_ms, size_t budget) {
+    if (!retention_enabled() || budget == 0 || batch_failed_)
+        return size_t{0};
+    const int64_t cutoff_ms = options_.retention_days > 0
+                                  ? now_ms - options_.retention_days * 86400 * 1000
+                                  : INT64_MIN;
+    size_t deleted = 0;
+    // Principals in pid order, a few per call; a round ends when every one was visited.
+    if (retention_round_.empty()) {
+        for (const auto& [pid, p] : by_pid_)
+            retention_round_.push_back(pid);
+        std::sort(retention_round_.begin(), retention_round_.end(), std::greater<>());
+    }
+    while (deleted < budget && !retention_round_.empty()) {
+        int64_t pid = retention_round_.back();
+        auto it = by_pid_.find(pid);
+        if (it == by_pid_.end() || !by_name_.contains(it->second->name)) {
+            retention_round_.pop_back();
+            continue;
+        }
+        Principal* p = it->second.get();
+        // The newest entry stays: it carries the head across a restart.
+        const int64_t keep_from = p->committed_head;
+        int64_t cut = p->oldest - 1; // delete seqs oldest..cut
+        const int64_t room = static_cast<int64_t>(budget - deleted);
+        if (options_.max_log_entries > 0)
+            cut = std::max(cut, p->committed_head - options_.max_log_entries);
+        cut = std::min({cut, keep_from - 1, p->oldest + room - 1});
+        if (options_.retention_days > 0 && cut < std::min(keep_from - 1, p->oldest + room - 1)) {
+            // By age: entries in seq order until the first one young enough to keep.
+            sqlite3_stmt* s = stmt(s_retention_scan);
+            StmtGuard g(s);
+            sqlite3_bind_int64(s, 1, pid);
+            sqlite3_bind_int64(s, 2, cut + 1);
+            sqlite3_bind_int64(s, 3, std::min(keep_from - 1, p->oldest + room - 1));
+            int rc;
+            while ((rc = sqlite3_step(s)) == SQLITE_ROW && sqlite3_column_int64(s, 1) < cutoff_ms)
+                cut = sqlite3_column_int64(s, 0);
+            if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+                return fail_batch("retention");
+        }
+        if (cut < p->oldest) {
+            retention_round_.pop_back(); // nothing (more) to delete here this round
+            continue;
+        }
+        if (auto r = begin_if_needed(); !r)
+            return r.error();
+        retention_mids_.clear();
+        {
+            sqlite3_stmt* s = stmt(s_retention_mids);
+            StmtGuard g(s);
+            sqlite3_bind_int64(s, 1, pid);
+            sqlite3_bind_int64(s, 2, p->oldest);
+            sqlite3_bind_int64(s, 3, cut);
+            int rc;
+            while ((rc = sqlite3_step(s)) == SQLITE_ROW)
+                retention_mids_.push_back(sqlite3_column_int64(s, 0));
+            if (rc != SQLITE_DONE)
+                return fail_batch("retention");
+        }
+        {
+            sqlite3_stmt* s = stmt(s_retention_delete_log);
+            StmtGuard g(s);
+            sqlite3_bind_int64(s, 1, pid);
+            sqlite3_bind_int64(s, 2, p->oldest);
+            sqlite3_bind_int64(s, 3, cut);
+            if (sqlite3_step(s) != SQLITE_DONE)
+                return fail_batch("retention");
+        }
+        sqlite3_stmt* del = stmt(s_retention_delete_msg);
+        for (int64_t mid : retention_mids_) {
+            StmtGuard g(del);
+            sqlite3_bind_int64(del, 1, mid);
+            if (sqlite3_step(del) != SQLITE_DONE)
+                return fail_batch("retention");
+        }
+        deleted += static_cast<size_t>(cut - p->oldest + 1);
+        metrics_.retention_deleted.add(static_cast<double>(cut - p->oldest + 1));
+        int64_t was = p->oldest;
+        p->oldest = cut + 1;
+        undo_.push_back([this, pid, was] {
+            if (auto it = by_pid_.find(pid); it != by_pid_.end())
+                it->second->oldest = was;
+        });
+        while (!p->tail.empty() && p->tail.front().seq <= cut)
+            tail_pop_front(p);
+    }
+    return deleted;
 }
 
 // ---- the tail cache ---------------------------------------------------------------------

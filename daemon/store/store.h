@@ -62,6 +62,9 @@ struct Principal {
     int64_t created_ms = 0;
     int64_t head = 0;           // highest seq handed out (may be in the open batch)
     int64_t committed_head = 0; // highest seq known committed
+    // Every seq below this was deleted by retention (storage.retention_days,
+    // storage.max_log_entries); the log's newest entry is never deleted (it keeps the head).
+    int64_t oldest = 1;
     // The newest log entries (committed and pending), contiguous in seq: a cache in front of
     // the log, at most tail_limit entries, and within the store's cache_bytes over all
     // principals (the least recently appended lose theirs first). Only the store changes it.
@@ -100,6 +103,9 @@ struct StoreOptions {
     // Budget of every principal's tail together: bodies and names of cached messages (a
     // message cached in several tails counts in each) plus a fixed cost per entry.
     size_t cache_bytes = 64 << 20;
+    // Retention: 0 = keep.
+    int64_t retention_days = 0;
+    int64_t max_log_entries = 0;
 };
 
 struct AppendResult {
@@ -212,6 +218,16 @@ class Store {
     // Shutdown: fdatasync now, on the calling thread, and mark every batch durable.
     void sync_now();
     StoreStatus status() const;
+    // ---- retention ------------------------------------------------------------------
+    void set_retention(int64_t retention_days, int64_t max_log_entries);
+    bool retention_enabled() const {
+        return options_.retention_days > 0 || options_.max_log_entries > 0;
+    }
+    // Deletes at most `budget` committed log entries that retention no longer keeps, oldest
+    // first, going round the principals; a message's body goes with its last reference.
+    // Joins the batch. Returns how many entries it deleted.
+    core::Result<size_t> retention_step(int64_t now_ms, size_t budget);
+
     // The tail cache: bytes charged now, and changing the budget (evicts at once if lower).
     size_t cache_bytes_used() const { return cache_used_; }
     void set_cache_bytes(size_t bytes);
@@ -236,6 +252,8 @@ class Store {
     void tail_evict();                              // to cache_bytes, oldest principals first
     void lru_unlink(Principal* p);
     size_t cache_used_ = 0;
+    std::vector<int64_t> retention_round_; // pids left to visit in this round, last first
+    std::vector<int64_t> retention_mids_;
     Principal* lru_newest_ = nullptr;
     Principal* lru_oldest_ = nullptr;
     sqlite3_stmt* stmt(int which) const { return stmts_[which]; }
@@ -298,6 +316,7 @@ class Store {
     struct Metrics {
         core::Counter messages_stored;
         core::Counter commit_failures;
+        core::Counter retention_deleted;
         core::Histogram batch_messages;
         core::Histogram commit_seconds;
     };

@@ -554,17 +554,21 @@ class Client:
         return self.welcome
 
     async def recv_until_synced(self, timeout=5):
-        """Collect the replay: msg frames until synced. Returns the msgs."""
+        """Collect the replay: msg frames until synced. Returns the msgs; gap frames (entries
+        retention deleted) are kept in self.gaps, and every frame in self.replay_frames."""
         msgs = []
+        self.gaps = []
+        self.replay_frames = []
         deadline = time.monotonic() + timeout
         while True:
             f = await self.recv(max(0.05, deadline - time.monotonic()))
             if f["type"] == "synced":
                 self.synced = f
                 break
-            assert f["type"] == "msg", (
-                f"{self.label}: only msg frames may precede synced, got {f}")
-            msgs.append(f)
+            assert f["type"] in ("msg", "gap"), (
+                f"{self.label}: only msg and gap frames may precede synced, got {f}")
+            self.replay_frames.append(f)
+            (msgs if f["type"] == "msg" else self.gaps).append(f)
         self.replayed = msgs
         return msgs
 

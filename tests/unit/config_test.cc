@@ -163,6 +163,20 @@ const IntRow int_rows[] = {
      "meshd.toml:2:19: storage.dedupe_window_s must be an integer 1..31536000, got 0"},
     {"[storage]\ndedupe_window_s = 31536001\n", nullptr, 0,
      "meshd.toml:2:19: storage.dedupe_window_s must be an integer 1..31536000, got 31536001"},
+    {"[storage]\nretention_days = 0\n", &Config::retention_days, 0, ""},
+    {"[storage]\nretention_days = 36500\n", &Config::retention_days, 36500, ""},
+    {"[storage]\nretention_days = -1\n", nullptr, 0,
+     "meshd.toml:2:18: storage.retention_days must be an integer 0..36500, got -1"},
+    {"[storage]\nretention_days = 36501\n", nullptr, 0,
+     "meshd.toml:2:18: storage.retention_days must be an integer 0..36500, got 36501"},
+    {"[storage]\nmax_log_entries = 0\n", &Config::max_log_entries, 0, ""},
+    {"[storage]\nmax_log_entries = 1000000000000\n", &Config::max_log_entries, 1000000000000,
+     ""},
+    {"[storage]\nmax_log_entries = -1\n", nullptr, 0,
+     "meshd.toml:2:19: storage.max_log_entries must be an integer 0..1000000000000, got -1"},
+    {"[storage]\nmax_log_entries = 1000000000001\n", nullptr, 0,
+     "meshd.toml:2:19: storage.max_log_entries must be an integer 0..1000000000000, got "
+     "1000000000001"},
     {"[storage]\ncache_bytes = 0\n", &Config::cache_bytes, 0, ""},
     {"[storage]\ncache_bytes = 17179869184\n", &Config::cache_bytes, 17179869184, ""},
     {"[storage]\ncache_bytes = -1\n", nullptr, 0,
@@ -781,6 +795,7 @@ TEST(ConfigDiff, EveryKeyIsCompared) {
                             "max_inflight = 2\nmax_devices = 2\nhello_timeout_ms = 101\n"
                             "ping_interval_ms = 101\n"
                             "[storage]\nsync = \"full\"\ndedupe_window_s = 2\n"
+                            "retention_days = 3\nmax_log_entries = 4\n"
                             "cache_bytes = 5\ncheckpoint_wal_bytes = 1048576\n"
                             "[log]\nlevel = \"error\"\n");
     ConfigDiff d = diff_config(before, after);
@@ -789,12 +804,13 @@ TEST(ConfigDiff, EveryKeyIsCompared) {
         (k.reloadable ? applied : restart).push_back(k.name);
     EXPECT_EQ(d.applied, applied);
     EXPECT_EQ(d.restart_required, restart);
-    // The reloadable set is the design's: all [limits] keys, log.level, storage.dedupe_window_s
-    // and storage.cache_bytes.
+    // The reloadable set is the design's: all [limits] keys, log.level, storage.dedupe_window_s,
+    // retention and storage.cache_bytes.
     EXPECT_EQ(applied, (std::vector<std::string>{
                            "limits.max_frame", "limits.max_depth", "limits.max_queue",
                            "limits.max_inflight", "limits.max_devices", "limits.hello_timeout_ms",
                            "limits.ping_interval_ms", "storage.dedupe_window_s",
+                           "storage.retention_days", "storage.max_log_entries",
                            "storage.cache_bytes", "log.level"}));
 }
 
@@ -832,6 +848,7 @@ TEST(ConfigKeys, Table) {
                          "modules.load", "limits.max_frame", "limits.max_depth", "limits.max_queue",
                          "limits.max_inflight", "limits.max_devices", "limits.hello_timeout_ms",
                          "limits.ping_interval_ms", "storage.sync", "storage.dedupe_window_s",
+                         "storage.retention_days", "storage.max_log_entries",
                          "storage.cache_bytes", "storage.checkpoint_wal_bytes", "log.level"}));
     const KeyInfo& frame = config_keys()[5];
     EXPECT_EQ(frame.type, "integer");

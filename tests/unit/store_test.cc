@@ -684,6 +684,71 @@ TEST_F(StoreTest, BigTransactionsGoThroughTheWalShimWhole) {
     EXPECT_EQ(got[3].msg->body, "\"small\"");
 }
 
+// ---- retention ------------------------------------------------------------------------
+
+// max_log_entries keeps the newest N entries of each log; the steps respect their budget; a
+// message's body goes with its last reference; `oldest` survives a reopen; the cached tail
+// never holds a deleted entry.
+TEST_F(StoreTest, RetentionByCountInBudgetedSteps) {
+    options_.max_log_entries = 3;
+    open();
+    add_all({"alice", "bob", "carol"});
+    for (int i = 1; i <= 10; ++i)
+        send(p("alice"), p("bob"), body_n(i));
+    send(p("carol"), p("bob"), "\"last\"");
+    commit_ok();
+    // bob: 11 entries, keeps 9..11; alice: 10, keeps 8..10; carol: 1, keeps it.
+    auto step = store_->retention_step(kNow, 4);
+    ASSERT_TRUE(step.ok());
+    EXPECT_EQ(*step, 4u);
+    commit_ok();
+    step = store_->retention_step(kNow, 100);
+    ASSERT_TRUE(step.ok());
+    EXPECT_EQ(*step, 7u + 4u); // the rest of alice (3 more), then bob's 8
+    commit_ok();
+    EXPECT_EQ(p("alice")->oldest, 8);
+    EXPECT_EQ(p("bob")->oldest, 9);
+    EXPECT_EQ(p("carol")->oldest, 1);
+    EXPECT_EQ(seqs_of(page(*p("bob"))), (std::vector<int64_t>{9, 10, 11}));
+    EXPECT_EQ(tail_seqs(*p("bob")), (std::vector<int64_t>{9, 10, 11}));
+    EXPECT_EQ(*store_->retention_step(kNow, 100), 0u); // nothing left to do
+    {
+        // Bodies referenced by no log any more are gone: messages 1..7 were in alice's and
+        // bob's logs only; 8 is still in alice's.
+        RawDb raw(db_file());
+        EXPECT_EQ(raw.scalar("SELECT COUNT(*) FROM messages"), 4);
+        EXPECT_EQ(raw.scalar("SELECT COUNT(*) FROM log"), 3 + 3 + 1);
+    }
+    reopen();
+    EXPECT_EQ(p("bob")->oldest, 9);
+    EXPECT_EQ(p("bob")->committed_head, 11);
+}
+
+// retention_days deletes by the server's receive time, never the newest entry (it carries
+// the head: seqs must not be reused after a restart).
+TEST_F(StoreTest, RetentionByAgeKeepsTheNewestEntry) {
+    options_.retention_days = 2;
+    open();
+    add_all({"alice", "bob"});
+    const int64_t day = 86400 * 1000;
+    send(p("alice"), p("bob"), body_n(1), "", kNow - 5 * day);
+    send(p("alice"), p("bob"), body_n(2), "", kNow - 3 * day);
+    send(p("alice"), p("bob"), body_n(3), "", kNow - 1 * day);
+    commit_ok();
+    ASSERT_TRUE(store_->retention_step(kNow, 100).ok());
+    commit_ok();
+    EXPECT_EQ(seqs_of(page(*p("bob"))), (std::vector<int64_t>{3}));
+    ASSERT_TRUE(store_->retention_step(kNow + 10 * day, 100).ok()); // all old now
+    commit_ok();
+    EXPECT_EQ(seqs_of(page(*p("bob"))), (std::vector<int64_t>{3}));
+    EXPECT_EQ(p("bob")->oldest, 3);
+    reopen();
+    EXPECT_EQ(p("bob")->committed_head, 3);
+    send(p("alice"), p("bob"), body_n(4));
+    commit_ok();
+    EXPECT_EQ(seqs_of(page(*p("bob"))), (std::vector<int64_t>{3, 4}));
+}
+
 // ---- read_page ----------------------------------------------------------------------------
 
 TEST_F(StoreTest, ReadPage) {
@@ -1463,8 +1528,8 @@ TEST_F(StoreTest, SchemaOneIsMigratedKeepingItsData) {
     {
         // What a store written by schema 1 (meshd before groups) looks like.
         RawDb raw(db_file());
-        ASSERT_EQ(raw.exec("DROP TABLE keys; DROP TABLE group_members; DROP TABLE groups; "
-                           "PRAGMA user_version=1"),
+        ASSERT_EQ(raw.exec("DROP INDEX log_mid; DROP TABLE keys; DROP TABLE group_members; "
+                           "DROP TABLE groups; PRAGMA user_version=1"),
                   "");
     }
     open();
@@ -1634,7 +1699,7 @@ TEST_F(StoreTest, SchemaTwoIsMigratedKeepingItsData) {
     {
         // What a store written by schema 2 (meshd before ed25519 keys) looks like.
         RawDb raw(db_file());
-        ASSERT_EQ(raw.exec("DROP TABLE keys; PRAGMA user_version=2"), "");
+        ASSERT_EQ(raw.exec("DROP INDEX log_mid; DROP TABLE keys; PRAGMA user_version=2"), "");
     }
     open();
     EXPECT_EQ(p("bob")->committed_head, 1);
@@ -1646,7 +1711,7 @@ TEST_F(StoreTest, SchemaTwoIsMigratedKeepingItsData) {
     reopen();
     EXPECT_TRUE(store_->key_registered(*p("alice"), key_n(1)));
     RawDb raw(db_file());
-    EXPECT_EQ(raw.scalar("PRAGMA user_version"), 3);
+    EXPECT_EQ(raw.scalar("PRAGMA user_version"), Store::schema_version());
 }
 
 } // namespace
