@@ -133,7 +133,9 @@ async def test_big_messages_for_an_offline_principal_stay_within_the_cache_budge
                 f"RSS grew by {grown_kb} kB for {n - 20} messages of {size} bytes "
                 f"with storage.cache_bytes = {budget}")
 
-        b = await m.login(tb, label="bob")
+        b = await m.connect(tb, label="bob")
+        await b.expect_welcome()
+        await b.recv_until_synced(timeout=60)  # 50 MB, read from the database in pages
         assert [f["body"]["i"] for f in b.replayed] == list(range(n))
         assert [f["seq"] for f in b.replayed] == list(range(1, n + 1))
         await a.close()
