@@ -22,6 +22,7 @@
 #include "core/result.h"
 #include "core/uv_handle.h"
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -244,6 +245,9 @@ class Store {
     core::Error fail_batch(const char* what);
     void rollback_batch();
     void touch(Principal* p);
+    void wal_catch_up();
+    std::chrono::steady_clock::time_point wal_checked_{};
+    core::Counter wal_catch_ups_;
     // Tail cache bookkeeping: every change to a Principal's tail goes through these.
     void tail_push(Principal* p, LogEntry entry);
     void tail_pop_front(Principal* p);
