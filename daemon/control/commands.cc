@@ -241,11 +241,14 @@ void cmd_user_del(CommandContext& ctx, std::string_view name, const Reply& reply
     // a live session could still send or ack as the principal being deleted.
     size_t closed = ctx.broker.close_principal(*p, 4002, "principal deleted");
     std::string id = p->name;
-    ctx.broker.after_commit([reply, id, closed](const core::Error* error) {
+    int64_t pid = p->pid;
+    session::Broker& broker = ctx.broker;
+    ctx.broker.after_commit([reply, id, closed, pid, &broker](const core::Error* error) {
         if (error) {
             reply(fail(error->code, error->message));
             return;
         }
+        broker.presence().forget(pid); // its watchers see it go offline
         MESHD_LOG(info, "control.user_deleted", "id=%s closed_sessions=%zu", id.c_str(), closed);
         std::string r = "{";
         field(r, "id", id, true);
