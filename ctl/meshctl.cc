@@ -476,7 +476,9 @@ std::optional<Failure> parse_command(const Options& opt, Invocation& inv) {
     if (!err && opt.agent && inv.command != Command::user_add)
         err = usage_error("--agent only applies to user add");
     if (!err && (opt.skill || opt.kind || opt.online) && inv.command != Command::who)
-        err = usage_error(std::string(opt.skill ? "--skill" : opt.kind ? "--kind" : "--online") +
+        err = usage_error(std::string(opt.skill  ? "--skill"
+                                      : opt.kind ? "--kind"
+                                                 : "--online") +
                           " only applies to who");
     if (!err && opt.kind && *opt.kind != "user" && *opt.kind != "agent")
         err = usage_error("--kind must be user or agent, got \"" + printable(*opt.kind) + "\"");
@@ -561,8 +563,7 @@ std::string build_request(const Invocation& inv, const Options& opt) {
         inv.command == Command::user_token || inv.command == Command::device_list ||
         inv.command == Command::device_forget || inv.command == Command::key_add ||
         inv.command == Command::key_revoke || inv.command == Command::hide ||
-        inv.command == Command::unhide ||
-        (inv.command == Command::key_list && !inv.name.empty())) {
+        inv.command == Command::unhide || (inv.command == Command::key_list && !inv.name.empty())) {
         req += R"(,"name":)";
         json_append_string(req, inv.name);
     }

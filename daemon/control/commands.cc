@@ -632,8 +632,8 @@ void cmd_who(CommandContext& ctx, const control::Request& req, const Reply& repl
     }
     if (std::string_view kind = req.arg("kind"); !kind.empty()) {
         if (kind != "user" && kind != "agent") {
-            reply(fail("bad_request", "kind must be \"user\" or \"agent\", got " +
-                                          session::shown_value(kind)));
+            reply(fail("bad_request",
+                       "kind must be \"user\" or \"agent\", got " + session::shown_value(kind)));
             return;
         }
         q.kind = kind == "agent" ? store::Kind::agent : store::Kind::user;

@@ -282,8 +282,8 @@ FrameError FrameParser::parse(std::string_view text, Frame& out) {
         out.limit = who_default_limit;
         if (auto v = obj["limit"]; v.error() == simdjson::SUCCESS) {
             if (v.get_int64().get(out.limit) || out.limit < 1 || out.limit > who_max_limit)
-                return error("bad_frame", "\"limit\" must be an integer 1.." +
-                                              std::to_string(who_max_limit));
+                return error("bad_frame",
+                             "\"limit\" must be an integer 1.." + std::to_string(who_max_limit));
         }
         return {};
     }

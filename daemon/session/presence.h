@@ -42,9 +42,9 @@ class Session;
 
 struct PresenceEntry {
     store::Principal* principal = nullptr;
-    uint32_t live = 0;          // ready sessions of the principal
-    bool online = false;        // as announced: stays true through the grace window
-    uint64_t offline_at_ms = 0; // loop time the grace window ends (when live == 0 && online)
+    uint32_t live = 0;           // ready sessions of the principal
+    bool online = false;         // as announced: stays true through the grace window
+    uint64_t offline_at_ms = 0;  // loop time the grace window ends (when live == 0 && online)
     uint64_t last_active_ms = 0; // loop time of the last frame from any of its devices
     bool idle = false;           // no frame for presence.away_after_s
     // What watchers were told last; an event goes out only when this changes.
@@ -61,9 +61,9 @@ struct WhoQuery {
     std::optional<bool> online;
     std::string after; // only names after this one; empty: from the start
     size_t limit = 50;
-    bool admin = false;                 // list hidden principals too, marked "hidden"
-    size_t max_scanned = SIZE_MAX;      // principals looked at, matching or not
-    size_t max_bytes = SIZE_MAX;        // of the listing (at least one entry is listed)
+    bool admin = false;            // list hidden principals too, marked "hidden"
+    size_t max_scanned = SIZE_MAX; // principals looked at, matching or not
+    size_t max_bytes = SIZE_MAX;   // of the listing (at least one entry is listed)
 };
 
 class Presence {

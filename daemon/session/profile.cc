@@ -14,8 +14,8 @@ std::optional<std::string> canonical_skill(std::string_view name) {
     for (char& c : out) {
         if (c >= 'A' && c <= 'Z')
             c = static_cast<char>(c - 'A' + 'a');
-        bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-                  c == '-';
+        bool ok =
+            (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
         if (!ok)
             return std::nullopt;
     }
@@ -56,8 +56,8 @@ core::Result<store::ProfileRef> build_profile(simdjson::dom::object frame, size_
         if (e->get_string().get(display_name))
             return bad("\"display_name\" must be a string");
         if (display_name.size() > max_display_name_bytes)
-            return bad("\"display_name\" is longer than " +
-                       std::to_string(max_display_name_bytes) + " bytes");
+            return bad("\"display_name\" is longer than " + std::to_string(max_display_name_bytes) +
+                       " bytes");
     }
     if (auto e = field(frame, "description"))
         if (e->get_string().get(description))

@@ -85,7 +85,7 @@ class Session {
     // Asks the accept hooks (rate limits) about the new connection, before anything is read;
     // on a refusal the error frame is flushed, then close 1013 (rate_limited) or 1008.
     void admit();
-    void wake();                                 // new committed entries or acks may be ready
+    void wake(); // new committed entries or acks may be ready
     // An event (presence): queued unless the control queue would pass half of
     // limits.max_queue, or the session is not ready; false when dropped (the caller counts).
     bool queue_event(const std::string& frame);

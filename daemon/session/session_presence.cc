@@ -58,8 +58,9 @@ void Session::handle_watch(const Frame& f) {
     size_t max_watch = broker_.limits().max_watch;
     if (count > max_watch) {
         send_error("too_large",
-                   "\"ids\" lists " + std::to_string(count) + " ids, more than presence.max_watch (" +
-                       std::to_string(max_watch) + "); watch fewer",
+                   "\"ids\" lists " + std::to_string(count) +
+                       " ids, more than presence.max_watch (" + std::to_string(max_watch) +
+                       "); watch fewer",
                    f.ref, f.has_ref);
         return;
     }

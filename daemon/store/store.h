@@ -275,7 +275,7 @@ class Store {
     std::unordered_map<std::string, ByName> skills_;           // skill -> live principals
     void index_skills(Principal* p, const Profile* before, const Profile* after);
     bool is_live(const Principal& p) const { return find(p.name) == &p; }
-    std::unordered_map<int64_t, std::string> dead_names_;      // deleted pid -> name
+    std::unordered_map<int64_t, std::string> dead_names_; // deleted pid -> name
     std::vector<std::unique_ptr<Principal>> retired_;
     std::unordered_map<std::string, Group> groups_;
     // pubkey (32 raw bytes) -> owner and time added; only keys of live principals.

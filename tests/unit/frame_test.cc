@@ -631,8 +631,7 @@ TEST(FrameParse, PresenceFrames) {
     parse(bare);
     EXPECT_EQ(f.status, "sleeping");
     EXPECT_EQ(f.note, "");
-    Input note_max(R"({"type":"status","status":"dnd","note":")" + std::string(200, 'n') +
-                   R"("})");
+    Input note_max(R"({"type":"status","status":"dnd","note":")" + std::string(200, 'n') + R"("})");
     parse(note_max);
     EXPECT_EQ(f.note.size(), 200u);
 
@@ -670,8 +669,7 @@ TEST(FrameParse, PresenceFrameErrors) {
         {"watch ids a string", R"({"type":"watch","ids":"bob"})", ids},
         {"watch ids an object", R"({"type":"watch","ids":{"bob":1}})", ids},
         {"watch ids null", R"({"type":"watch","ids":null})", ids},
-        {"watch item a number", R"({"type":"watch","ids":["a",2]})",
-         "\"ids\"[1] must be a string"},
+        {"watch item a number", R"({"type":"watch","ids":["a",2]})", "\"ids\"[1] must be a string"},
         {"watch item nested", R"({"type":"watch","ids":[["a"]]})", "\"ids\"[0] must be a string"},
         {"status missing", R"({"type":"status","note":"x"})",
          "status needs \"status\": \"available\", \"busy\", \"away\" or \"dnd\""},
@@ -687,8 +685,7 @@ TEST(FrameParse, PresenceFrameErrors) {
         {"who after null", R"({"type":"who","after":null})", "\"after\" must be a string"},
         {"who online a string", R"({"type":"who","online":"true"})",
          "\"online\" must be true or false"},
-        {"who online a number", R"({"type":"who","online":1})",
-         "\"online\" must be true or false"},
+        {"who online a number", R"({"type":"who","online":1})", "\"online\" must be true or false"},
         {"who limit 0", R"({"type":"who","limit":0})", limit},
         {"who limit 501", R"({"type":"who","limit":501})", limit},
         {"who limit a string", R"({"type":"who","limit":"5"})", limit},

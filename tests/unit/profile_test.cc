@@ -66,12 +66,15 @@ TEST(BuildProfile, StoredForm) {
         std::vector<std::string> skills;
     };
     const Row rows[] = {
-        {"empty", R"({"type":"profile"})",
-         R"({"display_name":"","description":"","skills":[],"metadata":{}})", {}},
+        {"empty",
+         R"({"type":"profile"})",
+         R"({"display_name":"","description":"","skills":[],"metadata":{}})",
+         {}},
         {"nulls count as absent",
          R"({"type":"profile","display_name":null,"description":null,"skills":null,)"
          R"("metadata":null})",
-         R"({"display_name":"","description":"","skills":[],"metadata":{}})", {}},
+         R"({"display_name":"","description":"","skills":[],"metadata":{}})",
+         {}},
         {"everything",
          R"({"type":"profile","ref":"p","display_name":"Trans \"T\"","description":"EN\nDE",)"
          R"("skills":["translate","summarize"],"metadata":{ "model" : "m-7", "n": [1, 2] },)"
@@ -83,8 +86,10 @@ TEST(BuildProfile, StoredForm) {
          R"({"type":"profile","skills":["B","a","b","A","c"]})",
          R"({"display_name":"","description":"","skills":["b","a","c"],"metadata":{}})",
          {"b", "a", "c"}},
-        {"UTF-8 kept", R"({"type":"profile","display_name":"Übersetzer"})",
-         R"({"display_name":"Übersetzer","description":"","skills":[],"metadata":{}})", {}},
+        {"UTF-8 kept",
+         R"({"type":"profile","display_name":"Übersetzer"})",
+         R"({"display_name":"Übersetzer","description":"","skills":[],"metadata":{}})",
+         {}},
     };
     for (const Row& row : rows) {
         SCOPED_TRACE(row.name);
@@ -114,8 +119,7 @@ TEST(BuildProfile, Errors) {
          "\"description\" must be a string"},
         {"skills a string", R"({"skills":"translate"})", "bad_frame", skills_array},
         {"skills an object", R"({"skills":{"a":1}})", "bad_frame", skills_array},
-        {"skill a number", R"({"skills":["a",5]})", "bad_frame",
-         "\"skills\"[1] must be a string"},
+        {"skill a number", R"({"skills":["a",5]})", "bad_frame", "\"skills\"[1] must be a string"},
         {"skill with a space", R"({"skills":["ok","Has Space"]})", "bad_frame",
          "\"skills\"[1] \"Has Space\" is not a skill name: use 1-64 of a-z 0-9 . _ -"},
         {"skill empty", R"({"skills":[""]})", "bad_frame",

@@ -1589,8 +1589,9 @@ TEST_F(StoreTest, DirectorySurvivesReopen) {
     open();
     add_all({"carol", "alice", "bob"});
     ASSERT_TRUE(store_->set_status(*p("alice"), Status::dnd, "focus").ok());
-    ASSERT_TRUE(store_->set_profile(*p("bob"), profile_of(R"({"skills":["translate","ocr"]})",
-                                                          {"translate", "ocr"}))
+    ASSERT_TRUE(store_
+                    ->set_profile(*p("bob"), profile_of(R"({"skills":["translate","ocr"]})",
+                                                        {"translate", "ocr"}))
                     .ok());
     ASSERT_TRUE(store_->set_hidden(*p("carol"), true).ok());
     store_->set_last_seen(*p("carol"), kNow + 5);
