@@ -79,6 +79,12 @@ Commands:
   group remove GROUP MEMBER...
                            remove members from GROUP; an emptied group stays until del
   sessions                 list connected devices with their lag (head - cursor)
+  who [--skill S] [--kind user|agent] [--online]
+                           list the directory: kind, online, status, last seen, skills;
+                           hidden principals too, marked (hidden)
+  hide NAME                leave NAME out of the directory clients see (who); it can still
+                           be sent to and watched
+  unhide NAME              list NAME in the directory again
   reload                   re-read the config file, apply what can change live
   help                     show this help
 
@@ -236,6 +242,9 @@ struct Options {
     std::optional<std::string> config;
     bool json = false;
     bool agent = false;
+    bool online = false;
+    std::optional<std::string> skill; // who --skill
+    std::optional<std::string> kind;  // who --kind
     bool help = false;
     bool version = false;
     std::vector<std::string> words;
@@ -277,12 +286,15 @@ Options parse_args(int argc, char** argv) {
                 fail(std::string(name) + " needs a non-empty value");
             return true;
         };
-        if (take_value("--socket", opt.socket) || take_value("--config", opt.config))
+        if (take_value("--socket", opt.socket) || take_value("--config", opt.config) ||
+            take_value("--skill", opt.skill) || take_value("--kind", opt.kind))
             continue;
         if (arg == "--json")
             opt.json = true;
         else if (arg == "--agent")
             opt.agent = true;
+        else if (arg == "--online")
+            opt.online = true;
         else if (arg == "-h" || arg == "--help")
             opt.help = true;
         else if (arg == "--version")
@@ -310,6 +322,9 @@ enum class Command {
     group_del,
     group_remove,
     sessions,
+    who,
+    hide,
+    unhide,
     reload,
     help
 };
@@ -352,6 +367,15 @@ std::optional<Failure> parse_command(const Options& opt, Invocation& inv) {
     } else if (first == "reload") {
         inv.command = Command::reload;
         err = no_more(1, "reload");
+    } else if (first == "who") {
+        inv.command = Command::who;
+        err = no_more(1, "who");
+    } else if (first == "hide" || first == "unhide") {
+        inv.command = first == "hide" ? Command::hide : Command::unhide;
+        if (w.size() < 2)
+            return usage_error(first + " needs a NAME: meshctl " + first + " NAME");
+        inv.name = w[1];
+        err = no_more(2, (first + " NAME").c_str());
     } else if (first == "user") {
         if (w.size() < 2)
             return usage_error("user needs a subcommand: add, list, del or token");
@@ -446,14 +470,23 @@ std::optional<Failure> parse_command(const Options& opt, Invocation& inv) {
     } else {
         return usage_error("unknown command \"" + printable(first) +
                            "\"; commands: status, user add|list|del|token, device list|forget, "
-                           "key add|list|revoke, group add|list|del|remove, sessions, reload");
+                           "key add|list|revoke, group add|list|del|remove, sessions, who, "
+                           "hide, unhide, reload");
     }
     if (!err && opt.agent && inv.command != Command::user_add)
         err = usage_error("--agent only applies to user add");
+    if (!err && (opt.skill || opt.kind || opt.online) && inv.command != Command::who)
+        err = usage_error(std::string(opt.skill  ? "--skill"
+                                      : opt.kind ? "--kind"
+                                                 : "--online") +
+                          " only applies to who");
+    if (!err && opt.kind && *opt.kind != "user" && *opt.kind != "agent")
+        err = usage_error("--kind must be user or agent, got \"" + printable(*opt.kind) + "\"");
     return err;
 }
 
-std::string build_request(const Invocation& inv, bool agent) {
+std::string build_request(const Invocation& inv, const Options& opt) {
+    bool agent = opt.agent;
     std::string req = R"({"cmd":)";
     switch (inv.command) {
     case Command::status:
@@ -504,14 +537,33 @@ std::string build_request(const Invocation& inv, bool agent) {
     case Command::reload:
         json_append_string(req, "reload");
         break;
+    case Command::who:
+        json_append_string(req, "who");
+        if (opt.skill) {
+            req += R"(,"skill":)";
+            json_append_string(req, *opt.skill);
+        }
+        if (opt.kind) {
+            req += R"(,"kind":)";
+            json_append_string(req, *opt.kind);
+        }
+        if (opt.online)
+            req += R"(,"online":true)";
+        break;
+    case Command::hide:
+        json_append_string(req, "hide");
+        break;
+    case Command::unhide:
+        json_append_string(req, "unhide");
+        break;
     case Command::help:
         break;
     }
     if (inv.command == Command::user_add || inv.command == Command::user_del ||
         inv.command == Command::user_token || inv.command == Command::device_list ||
         inv.command == Command::device_forget || inv.command == Command::key_add ||
-        inv.command == Command::key_revoke ||
-        (inv.command == Command::key_list && !inv.name.empty())) {
+        inv.command == Command::key_revoke || inv.command == Command::hide ||
+        inv.command == Command::unhide || (inv.command == Command::key_list && !inv.name.empty())) {
         req += R"(,"name":)";
         json_append_string(req, inv.name);
     }
@@ -1043,6 +1095,41 @@ std::string render_reload(element r) {
     return out;
 }
 
+// The directory, one row per principal in name order; hidden ones are marked.
+std::string render_who(element r) {
+    std::vector<std::vector<std::string>> rows;
+    for (element p : get_array(r, "principals")) {
+        bool online = false, hidden = false;
+        std::string online_text =
+            p["online"].get_bool().get(online) == simdjson::SUCCESS ? (online ? "yes" : "no") : "?";
+        std::string name = str_or(p, "id");
+        if (p["hidden"].get_bool().get(hidden) == simdjson::SUCCESS && hidden)
+            name += " (hidden)";
+        std::string seen = "never";
+        if (online)
+            seen = "now";
+        else if (std::optional<int64_t> ms = get_int(p, "last_seen"))
+            seen = format_utc(*ms);
+        element profile;
+        std::vector<std::string> skills;
+        if (p["profile"].get(profile) == simdjson::SUCCESS && profile.is_object())
+            skills = string_array(profile, "skills");
+        rows.push_back({name, str_or(p, "kind"), online_text, str_or(p, "status"), seen,
+                        skills.empty() ? "-" : join(skills, ","), str_or(p, "note", "")});
+    }
+    if (rows.empty())
+        return "no principals match\n";
+    return render_table({"NAME", "KIND", "ONLINE", "STATUS", "LAST SEEN (UTC)", "SKILLS", "NOTE"},
+                        {false, false, false, false, false, false, false}, rows);
+}
+
+std::string render_hide(element r, const Invocation& inv) {
+    std::string id = str_or(r, "id", inv.name.c_str());
+    if (inv.command == Command::hide)
+        return "hid " + id + " from the directory; it can still be sent to and watched\n";
+    return id + " is listed in the directory again\n";
+}
+
 // ---- output ----
 
 bool write_stdout(const std::string& text) {
@@ -1160,6 +1247,11 @@ int handle_response(const Options& opt, const Invocation& inv, const SocketChoic
         return finish(render_sessions(result));
     case Command::reload:
         return finish(render_reload(result));
+    case Command::who:
+        return finish(render_who(result));
+    case Command::hide:
+    case Command::unhide:
+        return finish(render_hide(result, inv));
     case Command::help:
         break;
     }
@@ -1185,7 +1277,7 @@ int run(int argc, char** argv) {
     if (std::optional<Failure> err = choose_socket(opt, choice))
         return report(opt, *err);
     std::string response;
-    if (std::optional<Failure> err = exchange(choice, build_request(inv, opt.agent), response))
+    if (std::optional<Failure> err = exchange(choice, build_request(inv, opt), response))
         return report(opt, *err);
     return handle_response(opt, inv, choice, response);
 }

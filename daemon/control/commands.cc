@@ -8,6 +8,7 @@
 #include "core/log.h"
 #include "core/names.h"
 #include "meshd_build.h"
+#include "session/profile.h"
 
 #include <map>
 #include <optional>
@@ -242,11 +243,14 @@ void cmd_user_del(CommandContext& ctx, std::string_view name, const Reply& reply
     // a live session could still send or ack as the principal being deleted.
     size_t closed = ctx.broker.close_principal(*p, 4002, "principal deleted");
     std::string id = p->name;
-    ctx.broker.after_commit([reply, id, closed](const core::Error* error) {
+    int64_t pid = p->pid;
+    session::Broker& broker = ctx.broker;
+    ctx.broker.after_commit([reply, id, closed, pid, &broker](const core::Error* error) {
         if (error) {
             reply(fail(error->code, error->message));
             return;
         }
+        broker.presence().forget(pid); // its watchers see it go offline
         MESHD_LOG(info, "control.user_deleted", "id=%s closed_sessions=%zu", id.c_str(), closed);
         std::string r = "{";
         field(r, "id", id, true);
@@ -610,6 +614,64 @@ void cmd_group_del(CommandContext& ctx, std::string_view group, const Reply& rep
     });
 }
 
+// ---- directory ---------------------------------------------------------------------------
+
+// The same listing as the who frame (session/presence), hidden principals included and
+// marked, every page at once.
+void cmd_who(CommandContext& ctx, const control::Request& req, const Reply& reply) {
+    session::WhoQuery q;
+    q.admin = true;
+    q.limit = SIZE_MAX;
+    if (std::string_view skill = req.arg("skill"); !skill.empty()) {
+        auto canonical = session::canonical_skill(skill);
+        if (!canonical) {
+            reply(fail("bad_request", "skill " + session::shown_value(skill) +
+                                          " is not a skill name: use 1-64 of a-z 0-9 . _ -"));
+            return;
+        }
+        q.skill = std::move(*canonical);
+    }
+    if (std::string_view kind = req.arg("kind"); !kind.empty()) {
+        if (kind != "user" && kind != "agent") {
+            reply(fail("bad_request",
+                       "kind must be \"user\" or \"agent\", got " + session::shown_value(kind)));
+            return;
+        }
+        q.kind = kind == "agent" ? store::Kind::agent : store::Kind::user;
+    }
+    if (req.flag("online"))
+        q.online = true;
+    std::string r = R"({"principals":[)";
+    ctx.broker.presence().who(q, r);
+    r += "]}";
+    reply(ok(r));
+}
+
+void cmd_hide(CommandContext& ctx, std::string_view name, bool hidden, const Reply& reply) {
+    store::Principal* p = principal_arg(ctx, name, reply);
+    if (!p)
+        return;
+    if (p->hidden != hidden) {
+        if (auto r = ctx.store.set_hidden(*p, hidden); !r) {
+            reply(fail(r.error().code, r.error().message));
+            return;
+        }
+    }
+    std::string id = p->name;
+    std::string result = "{";
+    field(result, "id", id, true);
+    result += hidden ? R"(,"hidden":true)" : R"(,"hidden":false)";
+    result += '}';
+    ctx.broker.after_commit([reply, id, hidden, result](const core::Error* error) {
+        if (error) {
+            reply(fail(error->code, error->message));
+            return;
+        }
+        MESHD_LOG(info, hidden ? "control.hidden" : "control.unhidden", "id=%s", id.c_str());
+        reply(ok(result));
+    });
+}
+
 void cmd_reload(CommandContext& ctx, const Reply& reply) {
     auto diff = ctx.reload();
     if (!diff) {
@@ -673,6 +735,10 @@ void handle_command(CommandContext& ctx, std::string_view line, Reply reply) {
         cmd_group_del(ctx, arg("group"), reply);
     else if (cmd == "sessions")
         cmd_sessions(ctx, reply);
+    else if (cmd == "who")
+        cmd_who(ctx, req, reply);
+    else if (cmd == "hide" || cmd == "unhide")
+        cmd_hide(ctx, arg("name"), cmd == "hide", reply);
     else if (cmd == "reload")
         cmd_reload(ctx, reply);
     else

@@ -25,6 +25,14 @@ std::vector<std::string_view> Request::string_array(std::string_view key) const 
     return out;
 }
 
+bool Request::flag(std::string_view key) const {
+    auto it = members.find(key);
+    if (it == members.end())
+        return false;
+    const bool* b = std::get_if<bool>(&it->second);
+    return b && *b;
+}
+
 core::Result<Request> parse_request(std::string_view line) {
     // A parser per request: requests are rare, and a fresh one holds no memory afterwards.
     simdjson::dom::parser parser;
@@ -38,6 +46,7 @@ core::Result<Request> parse_request(std::string_view line) {
         Request::Value value;
         std::string_view text;
         simdjson::dom::array items;
+        bool boolean = false;
         if (!member.value.get_string().get(text)) {
             value = std::string(text);
         } else if (!member.value.get_array().get(items)) {
@@ -46,6 +55,8 @@ core::Result<Request> parse_request(std::string_view line) {
                 if (!item.get_string().get(text))
                     strings.emplace_back(text);
             value = std::move(strings);
+        } else if (!member.value.get_bool().get(boolean)) {
+            value = boolean;
         }
         req.members.emplace(std::string(member.key), std::move(value)); // first one wins
     }

@@ -17,8 +17,8 @@ namespace meshd::control {
 
 struct Request {
     // What a top-level member holds, as far as commands care: a string, the string items of
-    // an array (other items dropped), or anything else.
-    using Value = std::variant<std::monostate, std::string, std::vector<std::string>>;
+    // an array (other items dropped), a boolean, or anything else.
+    using Value = std::variant<std::monostate, std::string, std::vector<std::string>, bool>;
 
     std::string cmd;
     // Every top-level member. A key written twice keeps its first value, as a simdjson
@@ -29,6 +29,8 @@ struct Request {
     std::string_view arg(std::string_view key) const;
     // The string items of the array member `key`; empty when it is absent or not an array.
     std::vector<std::string_view> string_array(std::string_view key) const;
+    // True when the member `key` is the boolean true; false when absent or anything else.
+    bool flag(std::string_view key) const;
 };
 
 // Parses one request line (without its newline). Errors have code "bad_request" and a message

@@ -580,6 +580,26 @@ constexpr KeySpec key_table[] = {
      .default_toml = R"("info")", .choices = log_level_names, .reloadable = true,
      .help = "least severe log level written to stderr",
      .set = set_choice<&Config::log_level>, .same = same_member<&Config::log_level>},
+    {.name = "presence.grace_ms", .kind = Kind::integer,
+     .default_toml = "5000", .min = 0, .max = 600000, .reloadable = true,
+     .help = "how long a principal whose last device went away still shows online, in "
+             "milliseconds; a reconnect within it shows no offline/online flap",
+     .set = set_integer<&Config::presence_grace_ms>,
+     .same = same_member<&Config::presence_grace_ms>},
+    {.name = "presence.away_after_s", .kind = Kind::integer,
+     .default_toml = "300", .min = 0, .max = 604800, .reloadable = true,
+     .help = "seconds without a frame from any device after which an available principal shows "
+             "away; 0 turns automatic away off",
+     .set = set_integer<&Config::away_after_s>, .same = same_member<&Config::away_after_s>},
+    {.name = "presence.max_watch", .kind = Kind::integer,
+     .default_toml = "1000", .min = 1, .max = 100000, .reloadable = true,
+     .help = "principals one connection may watch; a longer watch list gets error too_large",
+     .set = set_integer<&Config::max_watch>, .same = same_member<&Config::max_watch>},
+    {.name = "directory.max_profile_bytes", .kind = Kind::integer,
+     .default_toml = "8192", .min = 256, .max = 1048576, .reloadable = true,
+     .help = "largest directory profile, in bytes of its stored JSON; larger gets error too_large",
+     .set = set_integer<&Config::max_profile_bytes>,
+     .same = same_member<&Config::max_profile_bytes>},
 };
 // clang-format on
 
@@ -590,7 +610,8 @@ const KeySpec* find_key(std::string_view name) {
     return nullptr;
 }
 
-// The core sections in table order: server, control, modules, limits, storage, log.
+// The core sections in table order: server, control, modules, limits, storage, log, presence,
+// directory.
 const std::vector<std::string_view>& core_sections() {
     static const std::vector<std::string_view> sections = [] {
         std::vector<std::string_view> out;

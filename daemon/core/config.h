@@ -72,6 +72,12 @@ struct Config {
     int64_t checkpoint_wal_bytes = 67108864;
     // [log]
     LogLevel log_level = LogLevel::info;
+    // [presence]
+    int64_t presence_grace_ms = 5000;
+    int64_t away_after_s = 300;
+    int64_t max_watch = 1000;
+    // [directory]
+    int64_t max_profile_bytes = 8192;
 
     // Top-level tables named after a module in modules.load, handed to that module.
     std::map<std::string, ModuleTable, std::less<>> module_tables;

@@ -20,14 +20,21 @@ BrokerLimits BrokerLimits::from(const core::Config& c) {
     l.max_devices = static_cast<size_t>(c.max_devices);
     l.hello_timeout_ms = static_cast<uint64_t>(c.hello_timeout_ms);
     l.ping_interval_ms = static_cast<uint64_t>(c.ping_interval_ms);
+    l.presence_grace_ms = static_cast<uint64_t>(c.presence_grace_ms);
+    l.away_after_ms = static_cast<uint64_t>(c.away_after_s) * 1000;
+    l.max_watch = static_cast<size_t>(c.max_watch);
+    l.max_profile_bytes = static_cast<size_t>(c.max_profile_bytes);
     return l;
 }
 
 namespace {
 
-// The sweep runs often enough to honour the shortest timeout with ~25% slack.
+// The sweep runs often enough to honour the shortest timeout with ~25% slack (presence's
+// grace window included; automatic away is counted in seconds, so 1 s is enough for it).
 uint64_t tick_interval_ms(const BrokerLimits& l) {
     uint64_t t = std::min<uint64_t>({1000, l.hello_timeout_ms / 4, l.ping_interval_ms / 4});
+    if (l.presence_grace_ms > 0)
+        t = std::min<uint64_t>(t, l.presence_grace_ms / 4);
     return std::max<uint64_t>(t, 25);
 }
 
@@ -155,24 +162,33 @@ std::unique_ptr<Session> Broker::open_session(Link& link, std::string remote, st
 }
 
 void Broker::forget(Session& s) {
+    presence_.unwatch_all(s); // normally done when it left ready
     sessions_.erase(s.conn_id());
     if (s.in_batch)
         std::erase(pending_, &s);
 }
 
-void Broker::register_live(Session& s) {
+PresenceEntry* Broker::register_live(Session& s) {
     live_[s.principal()->pid].push_back(&s);
     ++live_by_kind_[s.principal()->kind == store::Kind::agent ? 1 : 0];
+    return presence_.session_ready(s);
 }
 
 void Broker::unregister_live(Session& s) {
     auto it = live_.find(s.principal()->pid);
     if (it == live_.end())
         return;
-    if (std::erase(it->second, &s) > 0)
+    if (std::erase(it->second, &s) > 0) {
         --live_by_kind_[s.principal()->kind == store::Kind::agent ? 1 : 0];
+        presence_.session_gone(s);
+    }
     if (it->second.empty())
         live_.erase(it);
+}
+
+Session* Broker::find_connection(uint64_t conn_id) const {
+    auto it = sessions_.find(conn_id);
+    return it == sessions_.end() ? nullptr : it->second;
 }
 
 Session* Broker::find_live(const store::Principal& p, std::string_view device) const {
@@ -330,6 +346,7 @@ void Broker::tick() {
         if (s->kill_due(now))
             kill_list_.push_back(s->conn_id());
     }
+    presence_.tick(now);
     modules_.tick(core::wall_ms());
     // Retention in small steps, with the next commit; a device behind what it deleted gets a
     // `gap` frame (Session::next_frame).

@@ -12,6 +12,7 @@
 #include "core/uv_handle.h"
 #include "router/modules.h"
 #include "session/frame.h"
+#include "session/presence.h"
 #include "session/session.h"
 #include "store/store.h"
 
@@ -34,6 +35,10 @@ struct BrokerLimits {
     size_t max_devices = 32;
     uint64_t hello_timeout_ms = 10000;
     uint64_t ping_interval_ms = 30000;
+    uint64_t presence_grace_ms = 5000;
+    uint64_t away_after_ms = 300000; // 0: no automatic away
+    size_t max_watch = 1000;
+    size_t max_profile_bytes = 8192;
     static BrokerLimits from(const core::Config& config);
 };
 
@@ -72,6 +77,9 @@ class Broker {
     // Devices of p: those with a stored cursor plus live ones without one.
     size_t device_count(const store::Principal& p) const;
     void for_each_session(const std::function<void(const Session&)>& fn) const;
+    // The connection with this id (Session::conn_id), or null once it is gone.
+    Session* find_connection(uint64_t conn_id) const;
+    Presence& presence() { return presence_; }
 
     // ---- for sessions ----
     store::Store& store() { return store_; }
@@ -88,7 +96,8 @@ class Broker {
     }
     std::vector<store::Principal*>& route_buffer() { return route_buffer_; }
     std::string& to_buffer() { return to_buffer_; }
-    void register_live(Session& s);
+    // s became ready: returns its principal's presence entry (see Presence::session_ready).
+    PresenceEntry* register_live(Session& s);
     void unregister_live(Session& s);
     Session* find_live(const store::Principal& p, std::string_view device) const;
     void note_pending(Session& s);
@@ -144,6 +153,7 @@ class Broker {
 
     core::UvCheck turn_end_;
     core::UvTimer ticker_;
+    Presence presence_{*this};
 
     size_t live_by_kind_[2] = {0, 0}; // ready sessions of users, of agents
     Metrics metrics_;

@@ -1,6 +1,8 @@
 // session/frame: envelope parsing with simdjson and the raw-body scan.
 #include "session/frame.h"
 
+#include "store/store.h"
+
 namespace meshd::session {
 
 namespace {
@@ -136,6 +138,7 @@ FrameError FrameParser::parse(std::string_view text, Frame& out) {
     simdjson::dom::object obj;
     if (root.get_object().get(obj))
         return error("bad_frame", "a frame must be a JSON object");
+    out.object = obj;
 
     // ref first, so that every later error can echo it.
     if (auto r = obj["ref"]; r.error() == simdjson::SUCCESS) {
@@ -229,6 +232,59 @@ FrameError FrameParser::parse(std::string_view text, Frame& out) {
             return error("bad_frame", "ack needs \"upto\": the highest seq this device processed");
         if (u.get_int64().get(out.upto) || out.upto < 0)
             return error("bad_frame", "\"upto\" must be an integer >= 0");
+        return {};
+    }
+    if (type == "watch") {
+        out.type = FrameType::watch;
+        auto v = obj["ids"];
+        if (v.error() != simdjson::SUCCESS)
+            return error("bad_frame",
+                         "watch needs \"ids\": an array of principal ids ([] stops watching)");
+        if (v.get_array().get(out.ids))
+            return error("bad_frame", "\"ids\" must be an array of principal ids");
+        size_t i = 0;
+        for (simdjson::dom::element item : out.ids) {
+            if (!item.is_string())
+                return error("bad_frame", "\"ids\"[" + std::to_string(i) + "] must be a string");
+            ++i;
+        }
+        return {};
+    }
+    if (type == "status") {
+        out.type = FrameType::status;
+        bool present = false;
+        if (obj["status"].error() != simdjson::SUCCESS)
+            return error("bad_frame",
+                         "status needs \"status\": \"available\", \"busy\", \"away\" or \"dnd\"");
+        if (auto e = get_string("status", out.status, present, 64))
+            return e;
+        if (auto e = get_string("note", out.note, present, store::max_note_bytes))
+            return e;
+        return {};
+    }
+    if (type == "profile") {
+        out.type = FrameType::profile; // session/profile checks its fields
+        return {};
+    }
+    if (type == "who") {
+        out.type = FrameType::who;
+        if (auto e = get_string("skill", out.skill, out.has_skill, 1024))
+            return e;
+        if (auto e = get_string("kind", out.kind, out.has_kind, 64))
+            return e;
+        if (auto e = get_string("after", out.after, out.has_after, 1024))
+            return e;
+        if (auto v = obj["online"]; v.error() == simdjson::SUCCESS) {
+            if (v.get_bool().get(out.online))
+                return error("bad_frame", "\"online\" must be true or false");
+            out.has_online = true;
+        }
+        out.limit = who_default_limit;
+        if (auto v = obj["limit"]; v.error() == simdjson::SUCCESS) {
+            if (v.get_int64().get(out.limit) || out.limit < 1 || out.limit > who_max_limit)
+                return error("bad_frame",
+                             "\"limit\" must be an integer 1.." + std::to_string(who_max_limit));
+        }
         return {};
     }
     out.type = FrameType::unknown;

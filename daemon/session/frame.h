@@ -12,13 +12,15 @@
 
 namespace meshd::session {
 
-enum class FrameType { unknown, hello, auth, send, ack };
+enum class FrameType { unknown, hello, auth, send, ack, watch, status, profile, who };
 
 struct Frame {
     FrameType type = FrameType::unknown;
     std::string_view type_name;
     std::string_view ref; // empty when absent
     bool has_ref = false;
+    // The whole frame, for handlers that read more than these fields (profile).
+    simdjson::dom::object object;
     // hello
     bool has_token = false;
     std::string_view token;
@@ -43,7 +45,26 @@ struct Frame {
     std::string_view id;
     // ack
     int64_t upto = 0;
+    // watch: every item is a string
+    simdjson::dom::array ids;
+    // status
+    std::string_view status;
+    std::string_view note; // empty when absent
+    // who
+    bool has_skill = false;
+    std::string_view skill;
+    bool has_kind = false;
+    std::string_view kind;
+    bool has_online = false;
+    bool online = false;
+    int64_t limit = 50;
+    bool has_after = false;
+    std::string_view after;
 };
+
+// Limits of the who query (meshd-protocol(7), "who").
+inline constexpr int64_t who_default_limit = 50;
+inline constexpr int64_t who_max_limit = 500;
 
 struct FrameError {
     const char* code = nullptr; // null: no error

@@ -94,6 +94,15 @@ void Session::queue_control(std::string frame) {
     link_.want_write();
 }
 
+bool Session::queue_event(const std::string& frame) {
+    if (state_ != State::ready || control_bytes_ + frame.size() > broker_.limits().max_queue / 2)
+        return false;
+    control_bytes_ += frame.size();
+    control_.push_back(frame);
+    link_.want_write();
+    return true;
+}
+
 void Session::send_error(std::string_view code, std::string_view message, std::string_view ref,
                          bool has_ref, uint32_t retry_after_ms) {
     broker_.count_error(code);
@@ -121,6 +130,8 @@ void Session::on_text(std::string& frame) {
     if (state_ != State::fresh && state_ != State::ready)
         return;
     pings_unanswered_ = 0;
+    if (presence_) // any frame, even a bad one, is activity (automatic away)
+        broker_.presence().activity(*presence_, broker_.now_ms());
     Frame f;
     FrameError err = broker_.parser().parse(frame, f);
     if (err) {
@@ -135,9 +146,7 @@ void Session::on_text(std::string& frame) {
     case FrameType::auth:
         handle_auth(f);
         return;
-    case FrameType::send:
-    case FrameType::ack:
-    case FrameType::unknown:
+    default:
         break;
     }
     if (state_ != State::ready) {
@@ -145,13 +154,29 @@ void Session::on_text(std::string& frame) {
                    f.ref, f.has_ref);
         return;
     }
-    if (f.type == FrameType::send)
+    switch (f.type) {
+    case FrameType::send:
         handle_send(f);
-    else if (f.type == FrameType::ack)
+        return;
+    case FrameType::ack:
         handle_ack(f);
-    else
+        return;
+    case FrameType::watch:
+        handle_watch(f);
+        return;
+    case FrameType::status:
+        handle_status(f);
+        return;
+    case FrameType::profile:
+        handle_profile(f);
+        return;
+    case FrameType::who:
+        handle_who(f);
+        return;
+    default:
         send_error("unknown_type", "unknown frame type '" + std::string(f.type_name) + "'", f.ref,
                    f.has_ref);
+    }
 }
 
 void Session::bad_input(std::string_view code, std::string_view message, std::string_view ref,
@@ -341,7 +366,7 @@ void Session::login(store::Principal& p, const HelloRequest& hello, std::string 
     if (!bearer_.empty())
         sodium_memzero(bearer_.data(), bearer_.size());
     bearer_.clear();
-    broker_.register_live(*this);
+    presence_ = broker_.register_live(*this);
 
     std::string w;
     w.reserve(192);
@@ -452,6 +477,7 @@ void Session::wake() {
 
 void Session::detach() {
     if (state_ == State::ready && principal_) {
+        presence_ = nullptr;
         broker_.unregister_live(*this);
         broker_.modules().session_event(false, *principal_, device_, session_id_);
     }

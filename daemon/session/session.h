@@ -24,6 +24,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <deque>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -36,6 +38,7 @@ struct AuthOutcome;
 namespace meshd::session {
 
 class Broker;
+struct PresenceEntry;
 
 // What the transport does for a session.
 class Link {
@@ -84,7 +87,10 @@ class Session {
     // Asks the accept hooks (rate limits) about the new connection, before anything is read;
     // on a refusal the error frame is flushed, then close 1013 (rate_limited) or 1008.
     void admit();
-    void wake();                                 // new committed entries or acks may be ready
+    void wake(); // new committed entries or acks may be ready
+    // An event (presence): queued unless the control queue would pass half of
+    // limits.max_queue, or the session is not ready; false when dropped (the caller counts).
+    bool queue_event(const std::string& frame);
     void fail_pending(const core::Error& error); // the batch failed: un-ack its sends
     void tick(uint64_t now_ms);                  // timeouts and pings
     bool kill_due(uint64_t now_ms) const;
@@ -146,6 +152,15 @@ class Session {
                      bool has_ref);
     void handle_send(const struct Frame& f);
     void handle_ack(const struct Frame& f);
+    // session_presence.cc: watch, status, profile, who.
+    void handle_watch(const struct Frame& f);
+    void handle_status(const struct Frame& f);
+    void handle_profile(const struct Frame& f);
+    void handle_who(const struct Frame& f);
+    void send_ok(std::string_view ref, bool has_ref);
+    // Answers ok (or the batch's error) once the turn's batch is committed; then runs
+    // `then` if it committed (even when this session is gone by then).
+    void ok_after_commit(std::string_view ref, bool has_ref, std::function<void()> then = {});
     void send_error(std::string_view code, std::string_view message, std::string_view ref,
                     bool has_ref, uint32_t retry_after_ms = 0);
     void queue_control(std::string frame);
@@ -163,6 +178,7 @@ class Session {
     std::string session_id_;
     std::string device_;
     store::Principal* principal_ = nullptr;
+    PresenceEntry* presence_ = nullptr; // while ready: where activity is noted
     std::string credential_;
     std::unique_ptr<PendingChallenge> challenge_; // while a hello's challenge is open
     State state_ = State::fresh;

@@ -28,8 +28,24 @@ std::string_view to_string(Kind k) {
 }
 
 namespace {
+constexpr std::string_view status_names[] = {"available", "busy", "away", "dnd"};
+static_assert(static_cast<size_t>(Status::dnd) == 3);
+} // namespace
 
-constexpr int known_schema_version = 4;
+std::string_view to_string(Status s) {
+    return status_names[static_cast<size_t>(s)];
+}
+
+std::optional<Status> parse_status(std::string_view name) {
+    for (size_t i = 0; i < std::size(status_names); ++i)
+        if (status_names[i] == name)
+            return static_cast<Status>(i);
+    return std::nullopt;
+}
+
+namespace {
+
+constexpr int known_schema_version = 5;
 
 // Numbered migrations; migration N brings user_version from N-1 to N. Each runs inside the
 // transaction that also sets user_version, so a crash leaves the old or the new schema.
@@ -98,6 +114,19 @@ CREATE INDEX keys_pid ON keys(pid);
     R"sql(
 CREATE INDEX log_mid ON log(mid);
 )sql",
+    // 5: the directory. One row per principal that set a status, published a profile, was
+    // hidden or was ever connected; deleted with the principal. skills repeats the profile's
+    // skill names, space-separated, so that loading needs no JSON parser.
+    R"sql(
+CREATE TABLE profiles(
+    pid INTEGER PRIMARY KEY,
+    status TEXT NOT NULL DEFAULT 'available',
+    note TEXT NOT NULL DEFAULT '',
+    profile TEXT,
+    skills TEXT NOT NULL DEFAULT '',
+    hidden INTEGER NOT NULL DEFAULT 0,
+    last_seen_ms INTEGER);
+)sql",
 };
 static_assert(sizeof migrations / sizeof migrations[0] == known_schema_version);
 
@@ -132,6 +161,11 @@ enum Stmt {
     s_retention_mids,
     s_retention_delete_log,
     s_retention_delete_msg,
+    s_upsert_status,
+    s_upsert_profile,
+    s_upsert_hidden,
+    s_upsert_last_seen,
+    s_delete_profile_of,
     s_count
 };
 
@@ -171,6 +205,15 @@ const char* const stmt_sql[s_count] = {
     "SELECT mid FROM log WHERE pid = ?1 AND seq >= ?2 AND seq <= ?3",
     "DELETE FROM log WHERE pid = ?1 AND seq >= ?2 AND seq <= ?3",
     "DELETE FROM messages WHERE mid = ?1 AND NOT EXISTS (SELECT 1 FROM log WHERE mid = ?1)",
+    "INSERT INTO profiles(pid, status, note) VALUES(?1, ?2, ?3) ON CONFLICT(pid) DO UPDATE "
+    "SET status = excluded.status, note = excluded.note",
+    "INSERT INTO profiles(pid, profile, skills) VALUES(?1, ?2, ?3) ON CONFLICT(pid) DO UPDATE "
+    "SET profile = excluded.profile, skills = excluded.skills",
+    "INSERT INTO profiles(pid, hidden) VALUES(?1, ?2) ON CONFLICT(pid) DO UPDATE "
+    "SET hidden = excluded.hidden",
+    "INSERT INTO profiles(pid, last_seen_ms) VALUES(?1, ?2) ON CONFLICT(pid) DO UPDATE "
+    "SET last_seen_ms = excluded.last_seen_ms",
+    "DELETE FROM profiles WHERE pid = ?1",
 };
 
 // Resets and clears a statement when the scope ends, so it never pins a read transaction.
@@ -188,8 +231,9 @@ class StmtGuard {
     sqlite3_stmt* s_;
 };
 
+// An empty view may have no data pointer, which SQLite would bind as NULL: bind '' instead.
 void bind_text(sqlite3_stmt* s, int i, std::string_view v) {
-    sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+    sqlite3_bind_text(s, i, v.empty() ? "" : v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
 }
 
 std::string_view column_text(sqlite3_stmt* s, int i) {
@@ -629,7 +673,37 @@ core::Result<void> Store::load() {
                            p->kind = sqlite3_column_int(s, 2) == 1 ? Kind::agent : Kind::user;
                            p->created_ms = sqlite3_column_int64(s, 3);
                            by_name_[p->name] = p.get();
+                           sorted_[p->name] = p.get();
                            by_pid_[pid] = std::move(p);
+                       });
+        !r)
+        return r;
+    if (auto r = query("SELECT pid, status, note, profile, skills, hidden, last_seen_ms "
+                       "FROM profiles",
+                       [&](sqlite3_stmt* s) {
+                           auto it = by_pid_.find(sqlite3_column_int64(s, 0));
+                           if (it == by_pid_.end())
+                               return;
+                           Principal* p = it->second.get();
+                           p->status = parse_status(column_text(s, 1)).value_or(Status::available);
+                           p->note = std::string(column_text(s, 2));
+                           if (sqlite3_column_type(s, 3) != SQLITE_NULL) {
+                               auto profile = std::make_shared<Profile>();
+                               profile->json = std::string(column_text(s, 3));
+                               std::string_view skills = column_text(s, 4);
+                               while (!skills.empty()) {
+                                   size_t space = skills.find(' ');
+                                   if (space != 0)
+                                       profile->skills.emplace_back(skills.substr(0, space));
+                                   if (space == std::string_view::npos)
+                                       break;
+                                   skills.remove_prefix(space + 1);
+                               }
+                               p->profile = std::move(profile);
+                               index_skills(p, nullptr, p->profile.get());
+                           }
+                           p->hidden = sqlite3_column_int(s, 5) != 0;
+                           p->last_seen_ms = sqlite3_column_int64(s, 6);
                        });
         !r)
         return r;
@@ -751,6 +825,7 @@ core::Result<Principal*> Store::add_principal(std::string_view name, Kind kind, 
     p->created_ms = now_ms;
     Principal* raw = p.get();
     by_name_[raw->name] = raw;
+    sorted_[raw->name] = raw;
     by_pid_[raw->pid] = std::move(p);
     int64_t pid = raw->pid;
     undo_.push_back([this, pid] {
@@ -760,7 +835,9 @@ core::Result<Principal*> Store::add_principal(std::string_view name, Kind kind, 
         Principal* gone = it->second.get();
         std::erase_if(dirty_cursors_, [gone](const auto& d) { return d.first == gone; });
         tail_drop(gone);
+        index_skills(gone, gone->profile.get(), nullptr);
         by_name_.erase(gone->name);
+        sorted_.erase(gone->name);
         by_pid_.erase(it);
     });
     return raw;
@@ -779,7 +856,7 @@ core::Result<void> Store::delete_principal(Principal* p) {
             return fail_batch("delete principal");
     }
     for (int which : {s_delete_log_of, s_delete_cursors_of, s_delete_tokens_of,
-                      s_delete_memberships_of, s_delete_keys_of}) {
+                      s_delete_memberships_of, s_delete_keys_of, s_delete_profile_of}) {
         sqlite3_stmt* s = stmt(which);
         StmtGuard g(s);
         sqlite3_bind_int64(s, 1, p->pid);
@@ -820,13 +897,19 @@ core::Result<void> Store::delete_principal(Principal* p) {
         });
     // The name is free for a new principal at once; the object lives until the batch ends
     // so that callers holding it in this turn stay safe.
+    // It leaves the directory at once too (who, skills).
+    index_skills(p, p->profile.get(), nullptr);
     by_name_.erase(p->name);
+    sorted_.erase(p->name);
     int64_t pid = p->pid;
     undo_.push_back([this, pid, cursors = std::move(cursors)]() mutable {
         auto it = by_pid_.find(pid);
         if (it == by_pid_.end())
             return;
-        by_name_[it->second->name] = it->second.get();
+        Principal* back = it->second.get();
+        by_name_[back->name] = back;
+        sorted_[back->name] = back;
+        index_skills(back, nullptr, back->profile.get());
         for (auto& d : cursors)
             dirty_cursors_.push_back(std::move(d));
     });
@@ -1135,6 +1218,113 @@ core::Result<void> Store::forget_device(Principal& p, std::string_view device) {
     return {};
 }
 
+// ---- directory ------------------------------------------------------------------------
+
+void Store::index_skills(Principal* p, const Profile* before, const Profile* after) {
+    if (before)
+        for (const std::string& skill : before->skills) {
+            auto it = skills_.find(skill);
+            if (it == skills_.end())
+                continue;
+            it->second.erase(p->name);
+            if (it->second.empty())
+                skills_.erase(it);
+        }
+    if (after)
+        for (const std::string& skill : after->skills)
+            skills_[skill][p->name] = p;
+}
+
+const Store::ByName* Store::principals_with_skill(std::string_view skill) const {
+    auto it = skills_.find(std::string(skill));
+    return it == skills_.end() ? nullptr : &it->second;
+}
+
+core::Result<void> Store::set_status(Principal& p, Status status, std::string_view note) {
+    if (auto r = begin_if_needed(); !r)
+        return r;
+    sqlite3_stmt* s = stmt(s_upsert_status);
+    StmtGuard g(s);
+    sqlite3_bind_int64(s, 1, p.pid);
+    bind_text(s, 2, to_string(status));
+    bind_text(s, 3, note);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        return fail_batch("set status");
+    undo_.push_back([this, pid = p.pid, status = p.status, note = p.note] {
+        if (auto it = by_pid_.find(pid); it != by_pid_.end()) {
+            it->second->status = status;
+            it->second->note = note;
+        }
+    });
+    p.status = status;
+    p.note = std::string(note);
+    return {};
+}
+
+core::Result<void> Store::set_profile(Principal& p, ProfileRef profile) {
+    if (auto r = begin_if_needed(); !r)
+        return r;
+    std::string skills;
+    if (profile)
+        for (const std::string& skill : profile->skills) {
+            if (!skills.empty())
+                skills += ' ';
+            skills += skill;
+        }
+    sqlite3_stmt* s = stmt(s_upsert_profile);
+    StmtGuard g(s);
+    sqlite3_bind_int64(s, 1, p.pid);
+    if (profile)
+        bind_text(s, 2, profile->json);
+    else
+        sqlite3_bind_null(s, 2);
+    bind_text(s, 3, skills);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        return fail_batch("set profile");
+    index_skills(&p, p.profile.get(), profile.get());
+    undo_.push_back([this, pid = p.pid, old = p.profile] {
+        auto it = by_pid_.find(pid);
+        if (it == by_pid_.end())
+            return;
+        Principal* q = it->second.get();
+        if (is_live(*q))
+            index_skills(q, q->profile.get(), old.get());
+        q->profile = old;
+    });
+    p.profile = std::move(profile);
+    return {};
+}
+
+core::Result<void> Store::set_hidden(Principal& p, bool hidden) {
+    if (auto r = begin_if_needed(); !r)
+        return r;
+    sqlite3_stmt* s = stmt(s_upsert_hidden);
+    StmtGuard g(s);
+    sqlite3_bind_int64(s, 1, p.pid);
+    sqlite3_bind_int(s, 2, hidden ? 1 : 0);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        return fail_batch("hide principal");
+    undo_.push_back([this, pid = p.pid, old = p.hidden] {
+        if (auto it = by_pid_.find(pid); it != by_pid_.end())
+            it->second->hidden = old;
+    });
+    p.hidden = hidden;
+    return {};
+}
+
+void Store::set_last_seen(Principal& p, int64_t wall_ms) {
+    p.last_seen_ms = wall_ms;
+    // A deleted principal's row is gone with it; writing now would bring it back.
+    if (!is_live(p) || !begin_if_needed())
+        return;
+    sqlite3_stmt* s = stmt(s_upsert_last_seen);
+    StmtGuard g(s);
+    sqlite3_bind_int64(s, 1, p.pid);
+    sqlite3_bind_int64(s, 2, wall_ms);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        fail_batch("store last seen");
+}
+
 // ---- groups ---------------------------------------------------------------------------
 
 void Store::insert_member(Group& g, Principal* p) {
@@ -1377,6 +1567,8 @@ void Store::wal_catch_up() {
                                        &backfilled);
     if (rc == SQLITE_OK && wal_frames == backfilled)
         wal_catch_ups_.inc();
+    if (rc == SQLITE_BUSY)
+        wal_checked_ = {}; // the helper is in a pass: try again after the next commit
     std::chrono::duration<double, std::milli> took = std::chrono::steady_clock::now() - now;
     MESHD_LOG(debug, "store.wal_catch_up", "rc=%d frames=%d backfilled=%d ms=%.1f", rc,
               wal_frames, backfilled, took.count());

@@ -1,5 +1,5 @@
 // store/store: the SQLite store — principals, tokens, ed25519 keys, messages, per-principal
-// logs, cursors.
+// logs, cursors, and the directory (status, profiles, hidden, last seen).
 //
 // DESIGN
 // - One writer: the loop thread's own connection (wal_autocheckpoint=0, busy_timeout=0: the
@@ -26,7 +26,9 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -40,6 +42,20 @@ namespace meshd::store {
 
 enum class Kind { user, agent };
 std::string_view to_string(Kind);
+
+// The status a principal sets for itself (meshd-protocol(7), "status"). Automatic away is
+// not a status: the session layer works it out from activity and never stores it.
+enum class Status { available, busy, away, dnd };
+std::string_view to_string(Status);
+std::optional<Status> parse_status(std::string_view);
+
+// A published directory profile (meshd-protocol(7), "profile"); immutable once built.
+struct Profile {
+    // As served by who: {"display_name":..,"description":..,"skills":[..],"metadata":{..}}
+    std::string json;
+    std::vector<std::string> skills; // canonical skill names, in the order published
+};
+using ProfileRef = std::shared_ptr<const Profile>;
 
 // One stored message; shared (immutable once built) between every log that references it.
 struct MessageData {
@@ -76,7 +92,18 @@ struct Principal {
     bool in_batch = false;            // the open batch has moved head (store's undo list)
     // device -> highest seq the device acknowledged ("ack upto").
     std::unordered_map<std::string, int64_t> cursors;
+
+    // Directory (schema 5), written through with the batch and deleted with the principal.
+    Status status = Status::available; // set by the principal
+    std::string note;                  // set with the status; at most max_note_bytes
+    ProfileRef profile;                // null: never published
+    bool hidden = false;               // set by the admin: not listed by who
+    int64_t last_seen_ms = 0;          // wall time a device was last connected; 0: never
 };
+
+// Limits of the directory data that are part of the protocol, not configuration.
+inline constexpr size_t max_note_bytes = 200;
+inline constexpr size_t max_skills = 64;
 
 // A named set of principals. A send to "#name" goes to every member (route_groups).
 struct Group {
@@ -164,6 +191,21 @@ class Store {
     std::vector<StoredKey> keys(const Principal* p = nullptr) const;
     // O(1): is pubkey (32 raw bytes) registered for p?
     bool key_registered(const Principal& p, std::string_view pubkey) const;
+
+    // ---- directory ----------------------------------------------------------------------
+    using ByName = std::map<std::string_view, Principal*, std::less<>>;
+    // Live principals ordered by name (who pages through it).
+    const ByName& principals_by_name() const { return sorted_; }
+    // Live principals whose profile lists `skill` (canonical), ordered by name; null if none.
+    // Kept for who and for routing to skills.
+    const ByName* principals_with_skill(std::string_view skill) const;
+    // Each joins the batch; memory changes at once and is restored if the batch fails.
+    core::Result<void> set_status(Principal& p, Status status, std::string_view note);
+    core::Result<void> set_profile(Principal& p, ProfileRef profile);
+    core::Result<void> set_hidden(Principal& p, bool hidden);
+    // Records when a device of p was last connected. Joins the batch when one can be opened;
+    // a failed write only leaves the stored time older. Ignored for a deleted principal.
+    void set_last_seen(Principal& p, int64_t wall_ms);
 
     // ---- groups -----------------------------------------------------------------------
     const Group* find_group(std::string_view name) const;
@@ -273,7 +315,11 @@ class Store {
 
     std::unordered_map<int64_t, std::unique_ptr<Principal>> by_pid_;
     std::unordered_map<std::string_view, Principal*> by_name_; // live principals
-    std::unordered_map<int64_t, std::string> dead_names_;      // deleted pid -> name
+    ByName sorted_;                                            // the same, in name order
+    std::unordered_map<std::string, ByName> skills_;           // skill -> live principals
+    void index_skills(Principal* p, const Profile* before, const Profile* after);
+    bool is_live(const Principal& p) const { return find(p.name) == &p; }
+    std::unordered_map<int64_t, std::string> dead_names_; // deleted pid -> name
     std::vector<std::unique_ptr<Principal>> retired_;
     std::unordered_map<std::string, Group> groups_;
     // pubkey (32 raw bytes) -> owner and time added; only keys of live principals.

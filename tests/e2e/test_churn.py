@@ -177,6 +177,8 @@ async def test_wal_stays_near_its_limit_under_sustained_writes():
         await asyncio.gather(watch(), *(run(c) for c in senders))
         print(f"wal: {sent} messages, biggest WAL {biggest} bytes (limit {limit})")
         assert sent > 2000, f"too little load to tell ({sent} messages)"
-        assert biggest <= 16 * limit, f"the WAL reached {biggest} bytes with a {limit} limit"
+        # Without the catch-up this reached 370 MB; with it, 5 MB on a quiet machine
+        # and 22 MB once while every other test ran beside it.
+        assert biggest <= 48 * limit, f"the WAL reached {biggest} bytes with a {limit} limit"
         for c in senders:
             await c.close()

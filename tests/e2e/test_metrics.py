@@ -50,6 +50,7 @@ FAMILIES = {
     "meshd_database_size_bytes": "gauge",
     "meshd_store_degraded": "gauge",
     "meshd_principals": "gauge",
+    "meshd_events_dropped_total": "counter",
     "meshd_metrics_scrapes_total": "counter",
 }
 

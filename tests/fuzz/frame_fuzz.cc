@@ -11,8 +11,11 @@
 //   - an accepted frame respects the parser's length limits, and every view is readable;
 //   - a send's body is the same JSON value as the DOM's "body" member, and when it is a view
 //     of the input (not the parser's re-encoded fallback) it lies inside the input;
-//   - find_top_level_value returns only views inside its input.
+//   - find_top_level_value returns only views inside its input;
+//   - a profile frame's fields either build a profile (valid JSON, canonical skills, within
+//     the size limit) or give bad_frame/too_large with a one-line message.
 #include "session/frame.h"
+#include "session/profile.h"
 
 #include <array>
 #include <cstddef>
@@ -110,6 +113,10 @@ void check_frame(const Frame& f, std::string_view text) {
               f.epoch.size() <= 256 && f.to.size() <= 256 && f.id.size() <= 1024,
           "string fields respect their length limits");
     check(f.resume_seq >= 0 && f.upto >= 0, "seqs are never negative");
+    for (std::string_view v : {f.status, f.note, f.skill, f.kind, f.after})
+        touch(v);
+    check(f.note.size() <= meshd::store::max_note_bytes, "a note is at most 200 bytes");
+    check(f.limit >= 1 && f.limit <= meshd::session::who_max_limit, "who limit is 1..500");
     switch (f.type) {
     case FrameType::hello:
         check(f.type_name == "hello", "type hello comes from \"hello\"");
@@ -121,10 +128,41 @@ void check_frame(const Frame& f, std::string_view text) {
         check(f.type_name == "ack", "type ack comes from \"ack\"");
         break;
     case FrameType::unknown:
-        check(f.type_name != "hello" && f.type_name != "auth" && f.type_name != "send" &&
-                  f.type_name != "ack",
-              "a known type name never gives FrameType::unknown");
+        for (std::string_view known :
+             {"hello", "auth", "send", "ack", "watch", "status", "profile", "who"})
+            check(f.type_name != known, "a known type name never gives FrameType::unknown");
         break;
+    case FrameType::watch:
+        check(f.type_name == "watch", "type watch comes from \"watch\"");
+        for (simdjson::dom::element id : f.ids)
+            check(id.is_string(), "every watched id is a string");
+        break;
+    case FrameType::status:
+        check(f.type_name == "status", "type status comes from \"status\"");
+        break;
+    case FrameType::who:
+        check(f.type_name == "who", "type who comes from \"who\"");
+        break;
+    case FrameType::profile: {
+        check(f.type_name == "profile", "type profile comes from \"profile\"");
+        constexpr size_t max_bytes = 8192; // directory.max_profile_bytes's default
+        auto built = meshd::session::build_profile(f.object, max_bytes);
+        if (!built) {
+            check(built.error().code == "bad_frame" || built.error().code == "too_large",
+                  "a refused profile is bad_frame or too_large");
+            check(!built.error().message.empty() &&
+                      built.error().message.find('\n') == std::string::npos,
+                  "a profile error is one non-empty line");
+            break;
+        }
+        const meshd::store::Profile& p = *built.value();
+        check(p.json.size() <= max_bytes, "a built profile is within the size limit");
+        check(p.skills.size() <= meshd::store::max_skills, "at most 64 skills");
+        for (const std::string& skill : p.skills)
+            check(meshd::session::canonical_skill(skill) == skill, "skills are canonical");
+        minified(p.json); // aborts unless it is valid JSON
+        break;
+    }
     case FrameType::send:
         check(f.type_name == "send", "type send comes from \"send\"");
         check(!f.to.empty(), "an accepted send has a non-empty to");

@@ -77,6 +77,10 @@ void expect_defaults(const Config& c) {
     EXPECT_EQ(c.dedupe_window_s, 86400);
     EXPECT_EQ(c.checkpoint_wal_bytes, 67108864);
     EXPECT_EQ(c.log_level, LogLevel::info);
+    EXPECT_EQ(c.presence_grace_ms, 5000);
+    EXPECT_EQ(c.away_after_s, 300);
+    EXPECT_EQ(c.max_watch, 1000);
+    EXPECT_EQ(c.max_profile_bytes, 8192);
     EXPECT_TRUE(c.module_tables.empty());
 }
 
@@ -192,6 +196,30 @@ const IntRow int_rows[] = {
     {"[storage]\ncheckpoint_wal_bytes = 17179869185\n", nullptr, 0,
      "meshd.toml:2:24: storage.checkpoint_wal_bytes must be an integer 1048576..17179869184, "
      "got 17179869185"},
+    {"[presence]\ngrace_ms = 0\n", &Config::presence_grace_ms, 0, ""},
+    {"[presence]\ngrace_ms = 600000\n", &Config::presence_grace_ms, 600000, ""},
+    {"[presence]\ngrace_ms = -1\n", nullptr, 0,
+     "meshd.toml:2:12: presence.grace_ms must be an integer 0..600000, got -1"},
+    {"[presence]\ngrace_ms = 600001\n", nullptr, 0,
+     "meshd.toml:2:12: presence.grace_ms must be an integer 0..600000, got 600001"},
+    {"[presence]\naway_after_s = 0\n", &Config::away_after_s, 0, ""},
+    {"[presence]\naway_after_s = 604800\n", &Config::away_after_s, 604800, ""},
+    {"[presence]\naway_after_s = -1\n", nullptr, 0,
+     "meshd.toml:2:16: presence.away_after_s must be an integer 0..604800, got -1"},
+    {"[presence]\naway_after_s = 604801\n", nullptr, 0,
+     "meshd.toml:2:16: presence.away_after_s must be an integer 0..604800, got 604801"},
+    {"[presence]\nmax_watch = 1\n", &Config::max_watch, 1, ""},
+    {"[presence]\nmax_watch = 100000\n", &Config::max_watch, 100000, ""},
+    {"[presence]\nmax_watch = 0\n", nullptr, 0,
+     "meshd.toml:2:13: presence.max_watch must be an integer 1..100000, got 0"},
+    {"[presence]\nmax_watch = 100001\n", nullptr, 0,
+     "meshd.toml:2:13: presence.max_watch must be an integer 1..100000, got 100001"},
+    {"[directory]\nmax_profile_bytes = 256\n", &Config::max_profile_bytes, 256, ""},
+    {"[directory]\nmax_profile_bytes = 1048576\n", &Config::max_profile_bytes, 1048576, ""},
+    {"[directory]\nmax_profile_bytes = 255\n", nullptr, 0,
+     "meshd.toml:2:21: directory.max_profile_bytes must be an integer 256..1048576, got 255"},
+    {"[directory]\nmax_profile_bytes = 1048577\n", nullptr, 0,
+     "meshd.toml:2:21: directory.max_profile_bytes must be an integer 256..1048576, got 1048577"},
     // negative and hex integers are integers too
     {"[limits]\nmax_depth = -5\n", nullptr, 0,
      "meshd.toml:2:13: limits.max_depth must be an integer 2..1024, got -5"},
@@ -432,7 +460,8 @@ TEST(ConfigModules, LoadNames) {
 // ---- unknown keys and sections ------------------------------------------------------------
 
 TEST(ConfigUnknown, KeysAndSections) {
-    const std::string sections = "core sections are server, control, modules, limits, storage, log";
+    const std::string sections =
+        "core sections are server, control, modules, limits, storage, log, presence, directory";
     const std::string module_rule =
         "; a module's section must name a module listed in modules.load";
     check_rows({
@@ -614,8 +643,8 @@ TEST(ConfigErrors, AllAreReportedInFileOrder) {
             "got 1",
             "/etc/meshd/meshd.toml:9:8: storage.sync must be \"normal\" or \"full\", got \"fast\"",
             "/etc/meshd/meshd.toml:10:1: unknown section [bogus]: core sections are server, "
-            "control, modules, limits, storage, log; a module's section must name a module listed "
-            "in modules.load",
+            "control, modules, limits, storage, log, presence, directory; a module's section must "
+            "name a module listed in modules.load",
             "/etc/meshd/meshd.toml:12:9: log.level must be \"debug\", \"info\", \"warn\" or "
             "\"error\", got \"loud\"",
         }));
@@ -797,21 +826,24 @@ TEST(ConfigDiff, EveryKeyIsCompared) {
                             "[storage]\nsync = \"full\"\ndedupe_window_s = 2\n"
                             "retention_days = 3\nmax_log_entries = 4\n"
                             "cache_bytes = 5\ncheckpoint_wal_bytes = 1048576\n"
-                            "[log]\nlevel = \"error\"\n");
+                            "[log]\nlevel = \"error\"\n"
+                            "[presence]\ngrace_ms = 1\naway_after_s = 1\nmax_watch = 2\n"
+                            "[directory]\nmax_profile_bytes = 300\n");
     ConfigDiff d = diff_config(before, after);
     std::vector<std::string> applied, restart;
     for (const KeyInfo& k : config_keys())
         (k.reloadable ? applied : restart).push_back(k.name);
     EXPECT_EQ(d.applied, applied);
     EXPECT_EQ(d.restart_required, restart);
-    // The reloadable set is the design's: all [limits] keys, log.level, storage.dedupe_window_s,
-    // retention and storage.cache_bytes.
+    // The reloadable set is the design's: all [limits], [presence] and [directory] keys,
+    // log.level, storage.dedupe_window_s, retention and storage.cache_bytes.
     EXPECT_EQ(applied, (std::vector<std::string>{
                            "limits.max_frame", "limits.max_depth", "limits.max_queue",
                            "limits.max_inflight", "limits.max_devices", "limits.hello_timeout_ms",
                            "limits.ping_interval_ms", "storage.dedupe_window_s",
                            "storage.retention_days", "storage.max_log_entries",
-                           "storage.cache_bytes", "log.level"}));
+                           "storage.cache_bytes", "log.level", "presence.grace_ms", "presence.away_after_s", "presence.max_watch",
+                           "directory.max_profile_bytes"}));
 }
 
 TEST(ConfigModuleTables, SameValueTreatsIntegerAndFloatAlike) {
@@ -849,7 +881,10 @@ TEST(ConfigKeys, Table) {
                          "limits.max_inflight", "limits.max_devices", "limits.hello_timeout_ms",
                          "limits.ping_interval_ms", "storage.sync", "storage.dedupe_window_s",
                          "storage.retention_days", "storage.max_log_entries",
-                         "storage.cache_bytes", "storage.checkpoint_wal_bytes", "log.level"}));
+                         "storage.cache_bytes", "storage.checkpoint_wal_bytes", "log.level",
+                         "presence.grace_ms",
+                         "presence.away_after_s", "presence.max_watch",
+                         "directory.max_profile_bytes"}));
     const KeyInfo& frame = config_keys()[5];
     EXPECT_EQ(frame.type, "integer");
     EXPECT_EQ(frame.default_text, "1048576");

@@ -138,5 +138,28 @@ TEST(ParseRequest, CommandAndArguments) {
     }
 }
 
+TEST(ParseRequest, Flags) {
+    struct Row {
+        std::string line;
+        bool flag; // Request::flag("online")
+    };
+    const Row rows[] = {
+        {R"({"cmd":"who","online":true})", true},
+        {R"({"cmd":"who","online":false})", false},
+        {R"({"cmd":"who"})", false},
+        {R"({"cmd":"who","online":"true"})", false},
+        {R"({"cmd":"who","online":1})", false},
+        {R"({"cmd":"who","online":null})", false},
+        {R"({"cmd":"who","online":[true]})", false},
+        {R"({"cmd":"who","online":false,"online":true})", false}, // the first one wins
+    };
+    for (const Row& row : rows) {
+        SCOPED_TRACE(row.line);
+        core::Result<Request> got = parse_request(row.line);
+        ASSERT_TRUE(got.ok()) << got.error().message;
+        EXPECT_EQ(got->flag("online"), row.flag);
+    }
+}
+
 } // namespace
 } // namespace meshd::control

@@ -598,6 +598,104 @@ TEST(FrameParse, SetMaxDepth) {
                     Want(FrameType::send, "send").with_to("bob").with_body(nested_arrays(4))});
 }
 
+// ---- presence and directory frames --------------------------------------------------------
+
+TEST(FrameParse, PresenceFrames) {
+    FrameParser parser(kMaxDepth);
+    Frame f;
+    auto parse = [&](const Input& in) {
+        FrameError e = parser.parse(in.view(), f);
+        EXPECT_FALSE(e) << e.message;
+    };
+
+    Input watch(R"({"type":"watch","ids":["bob","Carol"],"ref":"w"})");
+    parse(watch);
+    EXPECT_EQ(f.type, FrameType::watch);
+    EXPECT_EQ(f.ref, "w");
+    std::vector<std::string> ids;
+    for (simdjson::dom::element e : f.ids)
+        ids.emplace_back(e.get_string().value_unsafe());
+    EXPECT_EQ(ids, (std::vector<std::string>{"bob", "Carol"}));
+    Input empty(R"({"type":"watch","ids":[]})");
+    parse(empty);
+    EXPECT_EQ(f.type, FrameType::watch);
+    EXPECT_EQ(f.ids.size(), 0u);
+
+    Input status(R"({"type":"status","status":"busy","note":"in a meeting"})");
+    parse(status);
+    EXPECT_EQ(f.type, FrameType::status);
+    EXPECT_EQ(f.status, "busy");
+    EXPECT_EQ(f.note, "in a meeting");
+    // The parser takes any status string: the session names the allowed ones.
+    Input bare(R"({"type":"status","status":"sleeping"})");
+    parse(bare);
+    EXPECT_EQ(f.status, "sleeping");
+    EXPECT_EQ(f.note, "");
+    Input note_max(R"({"type":"status","status":"dnd","note":")" + std::string(200, 'n') + R"("})");
+    parse(note_max);
+    EXPECT_EQ(f.note.size(), 200u);
+
+    Input profile(R"({"type":"profile","skills":["x"],"metadata":{"a":1}})");
+    parse(profile);
+    EXPECT_EQ(f.type, FrameType::profile);
+    EXPECT_EQ(f.object["skills"].at(0).get_string().value_unsafe(), "x");
+
+    Input who(R"({"type":"who","skill":"translate","kind":"agent","online":false,"limit":500,)"
+              R"("after":"bob"})");
+    parse(who);
+    EXPECT_EQ(f.type, FrameType::who);
+    EXPECT_TRUE(f.has_skill);
+    EXPECT_EQ(f.skill, "translate");
+    EXPECT_TRUE(f.has_kind);
+    EXPECT_EQ(f.kind, "agent");
+    EXPECT_TRUE(f.has_online);
+    EXPECT_FALSE(f.online);
+    EXPECT_EQ(f.limit, 500);
+    EXPECT_TRUE(f.has_after);
+    EXPECT_EQ(f.after, "bob");
+    Input who_bare(R"({"type":"who"})");
+    parse(who_bare);
+    EXPECT_FALSE(f.has_skill || f.has_kind || f.has_online || f.has_after);
+    EXPECT_EQ(f.limit, who_default_limit);
+}
+
+TEST(FrameParse, PresenceFrameErrors) {
+    const std::string ids = "\"ids\" must be an array of principal ids";
+    const std::string status = "\"status\" must be a string";
+    const std::string limit = "\"limit\" must be an integer 1..500";
+    const std::vector<ErrRow> rows = {
+        {"watch without ids", R"({"type":"watch","ref":"w"})",
+         "watch needs \"ids\": an array of principal ids ([] stops watching)", "w"},
+        {"watch ids a string", R"({"type":"watch","ids":"bob"})", ids},
+        {"watch ids an object", R"({"type":"watch","ids":{"bob":1}})", ids},
+        {"watch ids null", R"({"type":"watch","ids":null})", ids},
+        {"watch item a number", R"({"type":"watch","ids":["a",2]})", "\"ids\"[1] must be a string"},
+        {"watch item nested", R"({"type":"watch","ids":[["a"]]})", "\"ids\"[0] must be a string"},
+        {"status missing", R"({"type":"status","note":"x"})",
+         "status needs \"status\": \"available\", \"busy\", \"away\" or \"dnd\""},
+        {"status a number", R"({"type":"status","status":1})", status},
+        {"status null", R"({"type":"status","status":null})", status},
+        {"note a number", R"({"type":"status","status":"busy","note":1})",
+         "\"note\" must be a string"},
+        {"note too long",
+         R"({"type":"status","status":"busy","note":")" + std::string(201, 'n') + R"("})",
+         "\"note\" is longer than 200 bytes"},
+        {"who skill a number", R"({"type":"who","skill":1})", "\"skill\" must be a string"},
+        {"who kind an array", R"({"type":"who","kind":["agent"]})", "\"kind\" must be a string"},
+        {"who after null", R"({"type":"who","after":null})", "\"after\" must be a string"},
+        {"who online a string", R"({"type":"who","online":"true"})",
+         "\"online\" must be true or false"},
+        {"who online a number", R"({"type":"who","online":1})", "\"online\" must be true or false"},
+        {"who limit 0", R"({"type":"who","limit":0})", limit},
+        {"who limit 501", R"({"type":"who","limit":501})", limit},
+        {"who limit a string", R"({"type":"who","limit":"5"})", limit},
+        {"who limit a float", R"({"type":"who","limit":5.5})", limit},
+        {"who ref echoed", R"({"type":"who","limit":-1,"ref":"q"})", limit, "q"},
+    };
+    FrameParser parser(kMaxDepth);
+    run_errors(parser, rows);
+}
+
 // ---- parser reuse -------------------------------------------------------------------------
 
 TEST(FrameParse, ReuseResetsEveryField) {

@@ -1528,7 +1528,8 @@ TEST_F(StoreTest, SchemaOneIsMigratedKeepingItsData) {
     {
         // What a store written by schema 1 (meshd before groups) looks like.
         RawDb raw(db_file());
-        ASSERT_EQ(raw.exec("DROP INDEX log_mid; DROP TABLE keys; DROP TABLE group_members; "
+        ASSERT_EQ(raw.exec("DROP TABLE profiles; DROP INDEX log_mid; DROP TABLE keys; "
+                           "DROP TABLE group_members; "
                            "DROP TABLE groups; PRAGMA user_version=1"),
                   "");
     }
@@ -1699,7 +1700,8 @@ TEST_F(StoreTest, SchemaTwoIsMigratedKeepingItsData) {
     {
         // What a store written by schema 2 (meshd before ed25519 keys) looks like.
         RawDb raw(db_file());
-        ASSERT_EQ(raw.exec("DROP INDEX log_mid; DROP TABLE keys; PRAGMA user_version=2"), "");
+        ASSERT_EQ(raw.exec("DROP TABLE profiles; DROP INDEX log_mid; DROP TABLE keys; "
+                           "PRAGMA user_version=2"), "");
     }
     open();
     EXPECT_EQ(p("bob")->committed_head, 1);
@@ -1712,6 +1714,144 @@ TEST_F(StoreTest, SchemaTwoIsMigratedKeepingItsData) {
     EXPECT_TRUE(store_->key_registered(*p("alice"), key_n(1)));
     RawDb raw(db_file());
     EXPECT_EQ(raw.scalar("PRAGMA user_version"), Store::schema_version());
+}
+
+} // namespace
+} // namespace meshd::store
+
+// ---- directory: status, profiles, hidden, last seen (schema 5) -----------------------------
+
+namespace meshd::store {
+namespace {
+
+ProfileRef profile_of(std::string json, std::vector<std::string> skills) {
+    auto p = std::make_shared<Profile>();
+    p->json = std::move(json);
+    p->skills = std::move(skills);
+    return p;
+}
+
+std::vector<std::string> names_of(const Store::ByName* m) {
+    std::vector<std::string> out;
+    if (m)
+        for (const auto& [name, p] : *m)
+            out.emplace_back(name);
+    return out;
+}
+
+TEST(StoreStatus, NamesRoundTrip) {
+    for (Status s : {Status::available, Status::busy, Status::away, Status::dnd})
+        EXPECT_EQ(parse_status(to_string(s)), s);
+    EXPECT_EQ(to_string(Status::dnd), "dnd");
+    EXPECT_EQ(parse_status("Busy"), std::nullopt);
+    EXPECT_EQ(parse_status(""), std::nullopt);
+}
+
+TEST_F(StoreTest, DirectorySurvivesReopen) {
+    open();
+    add_all({"carol", "alice", "bob"});
+    ASSERT_TRUE(store_->set_status(*p("alice"), Status::dnd, "focus").ok());
+    ASSERT_TRUE(store_
+                    ->set_profile(*p("bob"), profile_of(R"({"skills":["translate","ocr"]})",
+                                                        {"translate", "ocr"}))
+                    .ok());
+    ASSERT_TRUE(store_->set_hidden(*p("carol"), true).ok());
+    store_->set_last_seen(*p("carol"), kNow + 5);
+    commit_ok();
+    reopen();
+    EXPECT_EQ(p("alice")->status, Status::dnd);
+    EXPECT_EQ(p("alice")->note, "focus");
+    EXPECT_EQ(p("alice")->profile, nullptr);
+    EXPECT_EQ(p("alice")->last_seen_ms, 0);
+    ASSERT_NE(p("bob")->profile, nullptr);
+    EXPECT_EQ(p("bob")->profile->json, R"({"skills":["translate","ocr"]})");
+    EXPECT_EQ(p("bob")->profile->skills, (std::vector<std::string>{"translate", "ocr"}));
+    EXPECT_EQ(p("bob")->status, Status::available);
+    EXPECT_TRUE(p("carol")->hidden);
+    EXPECT_FALSE(p("bob")->hidden);
+    EXPECT_EQ(p("carol")->last_seen_ms, kNow + 5);
+    EXPECT_EQ(names_of(&store_->principals_by_name()),
+              (std::vector<std::string>{"alice", "bob", "carol"}));
+    EXPECT_EQ(names_of(store_->principals_with_skill("ocr")), std::vector<std::string>{"bob"});
+    EXPECT_EQ(store_->principals_with_skill("cook"), nullptr);
+}
+
+TEST_F(StoreTest, SkillIndexFollowsProfilesAndPrincipals) {
+    open();
+    add_all({"a", "b"});
+    ASSERT_TRUE(store_->set_profile(*p("a"), profile_of("{}", {"x", "y"})).ok());
+    ASSERT_TRUE(store_->set_profile(*p("b"), profile_of("{}", {"x"})).ok());
+    commit_ok();
+    EXPECT_EQ(names_of(store_->principals_with_skill("x")), (std::vector<std::string>{"a", "b"}));
+    // A new profile replaces the old skills.
+    ASSERT_TRUE(store_->set_profile(*p("a"), profile_of("{}", {"z"})).ok());
+    commit_ok();
+    EXPECT_EQ(names_of(store_->principals_with_skill("x")), std::vector<std::string>{"b"});
+    EXPECT_EQ(store_->principals_with_skill("y"), nullptr);
+    EXPECT_EQ(names_of(store_->principals_with_skill("z")), std::vector<std::string>{"a"});
+    // A deleted principal leaves the directory, its row goes, and a new one of the same name
+    // starts with nothing.
+    ASSERT_TRUE(store_->set_status(*p("b"), Status::busy, "x").ok());
+    ASSERT_TRUE(store_->delete_principal(p("b")).ok());
+    EXPECT_EQ(store_->principals_with_skill("x"), nullptr);
+    EXPECT_EQ(names_of(&store_->principals_by_name()), std::vector<std::string>{"a"});
+    commit_ok();
+    store_->drop_retired();
+    {
+        RawDb raw(db_file());
+        EXPECT_EQ(raw.scalar("SELECT COUNT(*) FROM profiles"), 1);
+    }
+    Principal* again = add("b");
+    commit_ok();
+    ASSERT_NE(again, nullptr);
+    EXPECT_EQ(again->status, Status::available);
+    EXPECT_EQ(again->profile, nullptr);
+    reopen();
+    EXPECT_EQ(p("b")->status, Status::available);
+    EXPECT_EQ(store_->principals_with_skill("x"), nullptr);
+    EXPECT_EQ(names_of(store_->principals_with_skill("z")), std::vector<std::string>{"a"});
+}
+
+TEST_F(StoreTest, LastSeenOfADeletedPrincipalIsNotWritten) {
+    open();
+    add_all({"a"});
+    Principal* a = p("a");
+    ASSERT_TRUE(store_->delete_principal(a).ok());
+    store_->set_last_seen(*a, kNow); // its sessions close after the delete
+    commit_ok();
+    store_->drop_retired();
+    RawDb raw(db_file());
+    EXPECT_EQ(raw.scalar("SELECT COUNT(*) FROM profiles"), 0);
+}
+
+TEST_F(FailingLogTest, FailedBatchRestoresTheDirectory) {
+    open();
+    add_all({"alice", "bob", "carol"});
+    ASSERT_TRUE(store_->set_status(*p("alice"), Status::busy, "old").ok());
+    ASSERT_TRUE(store_->set_profile(*p("alice"), profile_of("{}", {"old"})).ok());
+    commit_ok();
+    arm(*p("bob"));
+    ASSERT_TRUE(store_->set_status(*p("alice"), Status::dnd, "new").ok());
+    ASSERT_TRUE(store_->set_profile(*p("alice"), profile_of("{}", {"new"})).ok());
+    ASSERT_TRUE(store_->set_hidden(*p("alice"), true).ok());
+    ASSERT_TRUE(store_->set_profile(*p("carol"), profile_of("{}", {"old"})).ok());
+    ASSERT_TRUE(store_->delete_principal(p("carol")).ok());
+    EXPECT_EQ(send_error(p("alice"), p("bob"), "\"x\"").message, fail_message_);
+    EXPECT_EQ(commit_error().message, fail_message_);
+    Principal* alice = p("alice");
+    EXPECT_EQ(alice->status, Status::busy);
+    EXPECT_EQ(alice->note, "old");
+    EXPECT_FALSE(alice->hidden);
+    ASSERT_NE(alice->profile, nullptr);
+    EXPECT_EQ(alice->profile->skills, std::vector<std::string>{"old"});
+    EXPECT_EQ(names_of(store_->principals_with_skill("old")), std::vector<std::string>{"alice"});
+    EXPECT_EQ(store_->principals_with_skill("new"), nullptr);
+    EXPECT_EQ(names_of(&store_->principals_by_name()),
+              (std::vector<std::string>{"alice", "bob", "carol"}));
+    disarm();
+    reopen();
+    EXPECT_EQ(p("alice")->status, Status::busy);
+    EXPECT_EQ(p("carol")->profile, nullptr);
 }
 
 } // namespace
