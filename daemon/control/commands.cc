@@ -374,19 +374,6 @@ std::string key_credential(std::string_view pubkey) {
     return "ed25519:" + core::base64_encode(pubkey);
 }
 
-// PUBKEY as the admin typed it, quoted and cut short, for one-line errors.
-std::string shown_arg(std::string_view text) {
-    constexpr size_t max_shown = 60;
-    std::string out = "\"";
-    for (size_t i = 0; i < text.size() && i < max_shown; ++i) {
-        auto c = static_cast<unsigned char>(text[i]);
-        out += c < 0x20 || c >= 0x7f ? '?' : static_cast<char>(c);
-    }
-    if (text.size() > max_shown)
-        out += "...";
-    return out + "\"";
-}
-
 // The 32 raw bytes of a PUBKEY argument, or a bad_key reply saying what is wrong with it.
 std::optional<std::string> pubkey_arg(std::string_view text, const Reply& reply) {
     const std::string how =
@@ -397,14 +384,14 @@ std::optional<std::string> pubkey_arg(std::string_view text, const Reply& reply)
     }
     auto raw = core::base64_decode(text);
     if (!raw) {
-        reply(fail("bad_key", "PUBKEY " + shown_arg(text) +
+        reply(fail("bad_key", "PUBKEY " + core::quoted_excerpt(text, 60) +
                                   " is not standard base64 (A-Z a-z 0-9 + /, optional = "
                                   "padding)" +
                                   how));
         return std::nullopt;
     }
     if (raw->size() != store::ed25519_key_bytes) {
-        reply(fail("bad_key", "PUBKEY " + shown_arg(text) + " decodes to " +
+        reply(fail("bad_key", "PUBKEY " + core::quoted_excerpt(text, 60) + " decodes to " +
                                   std::to_string(raw->size()) +
                                   " bytes, not the 32 of an ed25519 public key" + how));
         return std::nullopt;

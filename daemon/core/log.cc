@@ -71,4 +71,15 @@ std::string log_value(std::string_view v) {
     return out;
 }
 
+std::string quoted_excerpt(std::string_view text, size_t max_len) {
+    std::string out = "\"";
+    for (size_t i = 0; i < text.size() && i < max_len; ++i) {
+        auto c = static_cast<unsigned char>(text[i]);
+        out += c < 0x20 || c >= 0x7f ? '?' : static_cast<char>(c);
+    }
+    if (text.size() > max_len)
+        out += "...";
+    return out + "\"";
+}
+
 } // namespace meshd::core

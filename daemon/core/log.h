@@ -20,6 +20,9 @@ void logf(LogLevel level, const char* event, const char* fmt, ...)
     __attribute__((format(printf, 3, 4)));
 // Quote a value for a log field if it needs it: abc -> abc, "a b" -> "a b" with escapes.
 std::string log_value(std::string_view v);
+// Untrusted text for a one-line error message: quoted, at most max_len bytes (then "..."),
+// control and non-ASCII bytes shown as '?'.
+std::string quoted_excerpt(std::string_view text, size_t max_len = 64);
 
 } // namespace meshd::core
 

@@ -2,37 +2,18 @@
 #include "session/profile.h"
 
 #include "core/json.h"
+#include "core/log.h"
+#include "core/names.h"
 
 #include <algorithm>
 
 namespace meshd::session {
 
 std::optional<std::string> canonical_skill(std::string_view name) {
-    if (name.empty() || name.size() > max_skill_len)
-        return std::nullopt;
-    std::string out(name);
-    for (char& c : out) {
-        if (c >= 'A' && c <= 'Z')
-            c = static_cast<char>(c - 'A' + 'a');
-        bool ok =
-            (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
-        if (!ok)
-            return std::nullopt;
-    }
-    return out;
+    return core::canonical_principal(name); // the same rules as principal names
 }
 
-std::string shown_value(std::string_view text) {
-    constexpr size_t max_shown = 64;
-    std::string out = "\"";
-    for (size_t i = 0; i < text.size() && i < max_shown; ++i) {
-        auto c = static_cast<unsigned char>(text[i]);
-        out += c < 0x20 || c >= 0x7f ? '?' : static_cast<char>(c);
-    }
-    if (text.size() > max_shown)
-        out += "...";
-    return out + "\"";
-}
+std::string shown_value(std::string_view text) { return core::quoted_excerpt(text, 64); }
 
 namespace {
 

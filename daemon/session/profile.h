@@ -3,6 +3,7 @@
 // of their input (no store, no loop), so they are unit-tested and fuzzed on their own.
 #pragma once
 
+#include "core/names.h"
 #include "core/result.h"
 #include "store/store.h"
 
@@ -14,7 +15,7 @@
 namespace meshd::session {
 
 inline constexpr size_t max_display_name_bytes = 256;
-inline constexpr size_t max_skill_len = 64;
+inline constexpr size_t max_skill_len = core::max_name_len; // skills follow the name rules
 
 // A skill name in canonical form: ASCII [a-z0-9._-]{1,64}, upper case folded to lower; nothing
 // if it is not a skill name.
