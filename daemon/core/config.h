@@ -69,6 +69,11 @@ struct Config {
     int64_t checkpoint_wal_bytes = 67108864;
     // [log]
     LogLevel log_level = LogLevel::info;
+    // [history]
+    int64_t history_readers = 2;
+    int64_t history_max_inflight = 4;
+    // [typing]
+    int64_t typing_interval_ms = 1000;
 
     // Top-level tables named after a module in modules.load, handed to that module.
     std::map<std::string, ModuleTable, std::less<>> module_tables;

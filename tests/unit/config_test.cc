@@ -172,6 +172,24 @@ const IntRow int_rows[] = {
     {"[storage]\ncheckpoint_wal_bytes = 17179869185\n", nullptr, 0,
      "meshd.toml:2:24: storage.checkpoint_wal_bytes must be an integer 1048576..17179869184, "
      "got 17179869185"},
+    {"[history]\nreaders = 1\n", &Config::history_readers, 1, ""},
+    {"[history]\nreaders = 16\n", &Config::history_readers, 16, ""},
+    {"[history]\nreaders = 0\n", nullptr, 0,
+     "meshd.toml:2:11: history.readers must be an integer 1..16, got 0"},
+    {"[history]\nreaders = 17\n", nullptr, 0,
+     "meshd.toml:2:11: history.readers must be an integer 1..16, got 17"},
+    {"[history]\nmax_inflight = 1\n", &Config::history_max_inflight, 1, ""},
+    {"[history]\nmax_inflight = 64\n", &Config::history_max_inflight, 64, ""},
+    {"[history]\nmax_inflight = 0\n", nullptr, 0,
+     "meshd.toml:2:16: history.max_inflight must be an integer 1..64, got 0"},
+    {"[history]\nmax_inflight = 65\n", nullptr, 0,
+     "meshd.toml:2:16: history.max_inflight must be an integer 1..64, got 65"},
+    {"[typing]\ninterval_ms = 100\n", &Config::typing_interval_ms, 100, ""},
+    {"[typing]\ninterval_ms = 60000\n", &Config::typing_interval_ms, 60000, ""},
+    {"[typing]\ninterval_ms = 99\n", nullptr, 0,
+     "meshd.toml:2:15: typing.interval_ms must be an integer 100..60000, got 99"},
+    {"[typing]\ninterval_ms = 60001\n", nullptr, 0,
+     "meshd.toml:2:15: typing.interval_ms must be an integer 100..60000, got 60001"},
     // negative and hex integers are integers too
     {"[limits]\nmax_depth = -5\n", nullptr, 0,
      "meshd.toml:2:13: limits.max_depth must be an integer 2..1024, got -5"},
@@ -412,7 +430,8 @@ TEST(ConfigModules, LoadNames) {
 // ---- unknown keys and sections ------------------------------------------------------------
 
 TEST(ConfigUnknown, KeysAndSections) {
-    const std::string sections = "core sections are server, control, modules, limits, storage, log";
+    const std::string sections =
+        "core sections are server, control, modules, limits, storage, log, history, typing";
     const std::string module_rule =
         "; a module's section must name a module listed in modules.load";
     check_rows({
@@ -594,8 +613,8 @@ TEST(ConfigErrors, AllAreReportedInFileOrder) {
             "got 1",
             "/etc/meshd/meshd.toml:9:8: storage.sync must be \"normal\" or \"full\", got \"fast\"",
             "/etc/meshd/meshd.toml:10:1: unknown section [bogus]: core sections are server, "
-            "control, modules, limits, storage, log; a module's section must name a module listed "
-            "in modules.load",
+            "control, modules, limits, storage, log, history, typing; a module's section must "
+            "name a module listed in modules.load",
             "/etc/meshd/meshd.toml:12:9: log.level must be \"debug\", \"info\", \"warn\" or "
             "\"error\", got \"loud\"",
         }));
@@ -776,18 +795,22 @@ TEST(ConfigDiff, EveryKeyIsCompared) {
                             "ping_interval_ms = 101\n"
                             "[storage]\nsync = \"full\"\ndedupe_window_s = 2\n"
                             "checkpoint_wal_bytes = 1048576\n"
-                            "[log]\nlevel = \"error\"\n");
+                            "[log]\nlevel = \"error\"\n"
+                            "[history]\nreaders = 1\nmax_inflight = 1\n"
+                            "[typing]\ninterval_ms = 100\n");
     ConfigDiff d = diff_config(before, after);
     std::vector<std::string> applied, restart;
     for (const KeyInfo& k : config_keys())
         (k.reloadable ? applied : restart).push_back(k.name);
     EXPECT_EQ(d.applied, applied);
     EXPECT_EQ(d.restart_required, restart);
-    // The reloadable set is the design's: all [limits] keys, log.level, storage.dedupe_window_s.
+    // The reloadable set is the design's: all [limits] keys, log.level, storage.dedupe_window_s,
+    // history.max_inflight, typing.interval_ms.
     EXPECT_EQ(applied, (std::vector<std::string>{
                            "limits.max_frame", "limits.max_depth", "limits.max_queue",
                            "limits.max_inflight", "limits.max_devices", "limits.hello_timeout_ms",
-                           "limits.ping_interval_ms", "storage.dedupe_window_s", "log.level"}));
+                           "limits.ping_interval_ms", "storage.dedupe_window_s", "log.level",
+                           "history.max_inflight", "typing.interval_ms"}));
 }
 
 TEST(ConfigModuleTables, SameValueTreatsIntegerAndFloatAlike) {
@@ -824,7 +847,8 @@ TEST(ConfigKeys, Table) {
                          "modules.load", "limits.max_frame", "limits.max_depth", "limits.max_queue",
                          "limits.max_inflight", "limits.max_devices", "limits.hello_timeout_ms",
                          "limits.ping_interval_ms", "storage.sync", "storage.dedupe_window_s",
-                         "storage.checkpoint_wal_bytes", "log.level"}));
+                         "storage.checkpoint_wal_bytes", "log.level", "history.readers",
+                         "history.max_inflight", "typing.interval_ms"}));
     const KeyInfo& frame = config_keys()[5];
     EXPECT_EQ(frame.type, "integer");
     EXPECT_EQ(frame.default_text, "1048576");
