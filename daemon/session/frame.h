@@ -9,10 +9,16 @@
 #include <simdjson.h>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace meshd::session {
 
-enum class FrameType { unknown, hello, auth, send, ack };
+enum class FrameType { unknown, hello, auth, send, ack, history, typing, read, receipts, settings };
+
+// Protocol bounds of the conversation frames (meshd-protocol(7), CONVERSATIONS).
+inline constexpr int64_t default_history_limit = 50;
+inline constexpr int64_t max_history_limit = 500;
+inline constexpr size_t max_receipt_seqs = 100;
 
 struct Frame {
     FrameType type = FrameType::unknown;
@@ -31,6 +37,9 @@ struct Frame {
     int64_t resume_seq = 0;
     bool has_pubkey = false; // ed25519: the key to be challenged, base64 as sent
     std::string_view pubkey;
+    // The events this device wants besides messages (hello "events"); unknown names ignored.
+    bool wants_receipts = false;
+    bool wants_typing = false;
     // auth (the answer to a challenge)
     bool has_sig = false;
     std::string_view sig;
@@ -41,8 +50,23 @@ struct Frame {
     std::string_view body; // raw JSON text of the value
     bool has_id = false;
     std::string_view id;
-    // ack
+    // ack, read
     int64_t upto = 0;
+    // history
+    bool has_with = false;
+    std::string_view with;
+    bool has_before = false;
+    int64_t before = 0;
+    bool has_after = false;
+    int64_t after = 0;
+    int64_t limit = default_history_limit;
+    // typing (`to` as for send)
+    bool typing_stop = false;
+    // receipts
+    std::vector<int64_t> seqs;
+    // settings
+    bool has_read_receipts = false;
+    bool read_receipts = true;
 };
 
 struct FrameError {
