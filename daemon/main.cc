@@ -15,6 +15,7 @@
 #include "meshd_build.h"
 #include "router/modules.h"
 #include "session/broker.h"
+#include "store/reader.h"
 #include "store/store.h"
 #include "transport/ws_server.h"
 
@@ -88,6 +89,11 @@ class Daemon {
         if (!st)
             return fail("store.open_failed", st.error().message);
         store_ = std::move(st.value());
+        auto rd = store::Reader::open(loop_, store_->db_path(),
+                                      static_cast<size_t>(config_->history_readers));
+        if (!rd)
+            return fail("store.open_failed", rd.error().message);
+        reader_ = std::move(rd.value());
 
         auto mods = router::ModuleSet::load(*config_, *store_, loop_);
         if (!mods) {
@@ -105,7 +111,7 @@ class Daemon {
                       "modules.load)\"");
 
         broker_ = std::make_unique<session::Broker>(
-            loop_, *store_, *modules_, session::BrokerLimits::from(*config_),
+            loop_, *store_, *reader_, *modules_, session::BrokerLimits::from(*config_),
             transport::write_headroom(), std::string("meshd/") + MESHD_VERSION);
 
         auto ws = transport::WsServer::start(loop_, *config_, *broker_);
@@ -242,6 +248,8 @@ class Daemon {
             ws_->destroy_begin();
         if (broker_)
             broker_->stop();
+        if (reader_)
+            reader_->shutdown(); // joins the reader threads, closes their uv handle
         uv_run(loop_, UV_RUN_DEFAULT);
         ws_.reset(); // the second lws_context_destroy
         uv_run(loop_, UV_RUN_DEFAULT);
@@ -249,6 +257,7 @@ class Daemon {
         broker_.reset();
         commands_.reset();
         modules_.reset();
+        reader_.reset();
         store_.reset();
         uv_run(loop_, UV_RUN_DEFAULT);
     }
@@ -257,6 +266,7 @@ class Daemon {
     core::Config started_config_;
     std::unique_ptr<core::Config> config_;
     std::unique_ptr<store::Store> store_;
+    std::unique_ptr<store::Reader> reader_;
     std::unique_ptr<router::ModuleSet> modules_;
     std::unique_ptr<session::Broker> broker_;
     std::unique_ptr<transport::WsServer> ws_;

@@ -600,6 +600,24 @@ constexpr KeySpec key_table[] = {
      .help = "largest directory profile, in bytes of its stored JSON; larger gets error too_large",
      .set = set_integer<&Config::max_profile_bytes>,
      .same = same_member<&Config::max_profile_bytes>},
+    {.name = "history.readers", .kind = Kind::integer,
+     .default_toml = "2", .min = 1, .max = 16,
+     .help = "threads (each with its own database connection) that read history pages and "
+             "receipts off the event loop",
+     .set = set_integer<&Config::history_readers>,
+     .same = same_member<&Config::history_readers>},
+    {.name = "history.max_inflight", .kind = Kind::integer,
+     .default_toml = "4", .min = 1, .max = 64, .reloadable = true,
+     .help = "history and receipts queries per connection that may await their answer; past "
+             "it they get error rate_limited",
+     .set = set_integer<&Config::history_max_inflight>,
+     .same = same_member<&Config::history_max_inflight>},
+    {.name = "typing.interval_ms", .kind = Kind::integer,
+     .default_toml = "1000", .min = 100, .max = 60000, .reloadable = true,
+     .help = "a typing start is relayed at most once per this many milliseconds per sender "
+             "and conversation; more are dropped",
+     .set = set_integer<&Config::typing_interval_ms>,
+     .same = same_member<&Config::typing_interval_ms>},
 };
 // clang-format on
 

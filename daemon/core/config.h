@@ -78,6 +78,11 @@ struct Config {
     int64_t max_watch = 1000;
     // [directory]
     int64_t max_profile_bytes = 8192;
+    // [history]
+    int64_t history_readers = 2;
+    int64_t history_max_inflight = 4;
+    // [typing]
+    int64_t typing_interval_ms = 1000;
 
     // Top-level tables named after a module in modules.load, handed to that module.
     std::map<std::string, ModuleTable, std::less<>> module_tables;

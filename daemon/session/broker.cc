@@ -2,9 +2,11 @@
 #include "session/broker.h"
 
 #include "core/clock.h"
+#include "core/json.h"
 #include "core/log.h"
 
 #include <algorithm>
+#include <chrono>
 
 namespace meshd::session {
 
@@ -24,6 +26,8 @@ BrokerLimits BrokerLimits::from(const core::Config& c) {
     l.away_after_ms = static_cast<uint64_t>(c.away_after_s) * 1000;
     l.max_watch = static_cast<size_t>(c.max_watch);
     l.max_profile_bytes = static_cast<size_t>(c.max_profile_bytes);
+    l.history_max_inflight = static_cast<size_t>(c.history_max_inflight);
+    l.typing_interval_ms = static_cast<uint64_t>(c.typing_interval_ms);
     return l;
 }
 
@@ -40,9 +44,10 @@ uint64_t tick_interval_ms(const BrokerLimits& l) {
 
 } // namespace
 
-Broker::Broker(uv_loop_t* loop, store::Store& store, router::ModuleSet& modules,
-               BrokerLimits limits, size_t write_headroom, std::string server_name)
-    : loop_(loop), store_(store), modules_(modules), limits_(limits),
+Broker::Broker(uv_loop_t* loop, store::Store& store, store::Reader& reader,
+               router::ModuleSet& modules, BrokerLimits limits, size_t write_headroom,
+               std::string server_name)
+    : loop_(loop), store_(store), reader_(reader), modules_(modules), limits_(limits),
       write_headroom_(write_headroom), server_name_(std::move(server_name)),
       parser_(limits.max_depth) {
     scratch_.reserve(64 * 1024);
@@ -81,6 +86,31 @@ void Broker::register_metrics() {
     metrics_.rate_limited_inflight =
         core::core_counter("meshd_rate_limited_total",
                            "Requests refused as rate_limited, by reason.", "reason=\"inflight\"");
+    metrics_.rate_limited_queries =
+        core::core_counter("meshd_rate_limited_total",
+                           "Requests refused as rate_limited, by reason.", "reason=\"queries\"");
+    const char* typing_help = "Typing notices, by what became of them: relayed, or dropped "
+                              "(more than one start per typing.interval_ms).";
+    metrics_.typing_relayed =
+        core::core_counter("meshd_typing_total", typing_help, "result=\"relayed\"");
+    metrics_.typing_dropped =
+        core::core_counter("meshd_typing_total", typing_help, "result=\"dropped\"");
+    metrics_.receipts_sent = core::core_counter(
+        "meshd_receipts_sent_total", "Receipt frames (delivered, read) queued for devices.");
+    const char* dropped_help = "Events (typing, receipt) not queued for a device because its "
+                               "control queue was full, by type.";
+    metrics_.events_dropped_typing =
+        core::core_counter("meshd_events_dropped_total", dropped_help, "type=\"typing\"");
+    metrics_.events_dropped_receipt =
+        core::core_counter("meshd_events_dropped_total", dropped_help, "type=\"receipt\"");
+    metrics_.history_reads =
+        core::core_counter("meshd_history_reads_total", "History pages read for clients.");
+    static constexpr double read_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                              0.05,   0.1,   0.25,   0.5,   1,    2.5};
+    metrics_.read_seconds = core::core_histogram(
+        "meshd_read_duration_seconds",
+        "Time a history or receipts read took on a reader thread (off the event loop).",
+        read_buckets);
 
     core::Gauge connections =
         core::core_gauge("meshd_connections", "Open WebSocket connections, logged in or not.");
@@ -139,6 +169,7 @@ Broker::~Broker() {
 void Broker::stop() {
     turn_end_.close();
     ticker_.close();
+    reader_.shutdown();
 }
 
 void Broker::apply_limits(const BrokerLimits& limits) {
@@ -171,6 +202,8 @@ void Broker::forget(Session& s) {
 PresenceEntry* Broker::register_live(Session& s) {
     live_[s.principal()->pid].push_back(&s);
     ++live_by_kind_[s.principal()->kind == store::Kind::agent ? 1 : 0];
+    if (s.wants_receipts())
+        ++receipt_sessions_;
     return presence_.session_ready(s);
 }
 
@@ -181,6 +214,8 @@ void Broker::unregister_live(Session& s) {
     if (std::erase(it->second, &s) > 0) {
         --live_by_kind_[s.principal()->kind == store::Kind::agent ? 1 : 0];
         presence_.session_gone(s);
+        if (s.wants_receipts())
+            --receipt_sessions_;
     }
     if (it->second.empty())
         live_.erase(it);
@@ -354,6 +389,12 @@ void Broker::tick() {
         if (auto r = store_.retention_step(core::wall_ms(), retention_step_entries); !r)
             MESHD_LOG(warn, "store.retention_failed", "message=%s",
                       core::log_value(r.error().message).c_str());
+    // Typing states older than any interval are of no use any more.
+    if (now - typing_pruned_ms_ >= 10000) {
+        typing_pruned_ms_ = now;
+        uint64_t keep_ms = std::max<uint64_t>(limits_.typing_interval_ms, 30000);
+        std::erase_if(typing_, [&](const auto& kv) { return now - kv.second.last_start_ms > keep_ms; });
+    }
     // Kills run last: a kill destroys the session synchronously.
     for (uint64_t id : kill_list_) {
         auto it = sessions_.find(id);
@@ -361,6 +402,195 @@ void Broker::tick() {
             it->second->kill_link();
     }
     kill_list_.clear();
+}
+
+// ---- conversations ------------------------------------------------------------------------
+
+void Broker::relay_typing(const store::Principal& from, const std::string& to,
+                          std::span<store::Principal* const> recipients, bool stop) {
+    uint64_t now = now_ms();
+    std::string key = std::to_string(from.pid);
+    key += ' ';
+    key += to;
+    auto it = typing_.find(key);
+    if (!stop) {
+        if (it != typing_.end() && now - it->second.last_start_ms < limits_.typing_interval_ms) {
+            metrics_.typing_dropped.inc();
+            return;
+        }
+        TypingState& st = it != typing_.end() ? it->second : typing_[key];
+        st.last_start_ms = now;
+        st.started = true;
+    } else {
+        // A stop only ends a start that went out: at most one per start, so no flood.
+        if (it == typing_.end() || !it->second.started) {
+            metrics_.typing_dropped.inc();
+            return;
+        }
+        it->second.started = false;
+    }
+    metrics_.typing_relayed.inc();
+    std::string frame = R"({"type":"typing","from":)";
+    core::json_append_string(frame, from.name);
+    frame += R"(,"to":)";
+    core::json_append_string(frame, to);
+    frame += stop ? R"(,"state":"stop"})" : R"(,"state":"start"})";
+    for (const store::Principal* r : recipients) {
+        if (r->pid == from.pid)
+            continue; // the sender's own devices know
+        auto live = live_.find(r->pid);
+        if (live == live_.end())
+            continue;
+        for (Session* s : live->second)
+            if (s->wants_typing() && !s->queue_event(frame))
+                metrics_.events_dropped_typing.inc();
+    }
+}
+
+// Receipts are cumulative: "delivered" (or "read") at seq N of the sender's log covers every
+// earlier direct message of that sender to this recipient, since the two logs hold them in
+// the same order. So one receipt per sender per move is enough, whatever the range.
+void Broker::receipts_moved(store::Principal& p, int64_t after, int64_t upto, bool read) {
+    if (upto <= after)
+        return;
+    // Nobody asked for receipts: nobody to tell (they are derived, never stored).
+    if (receipt_sessions_ == 0)
+        return;
+    auto& found = receipt_scratch_;
+    found.clear();
+    const auto& tail = p.tail;
+    int64_t tail_first = tail.empty() ? upto + 1 : tail.front().seq;
+    int64_t lo = std::max(after + 1, tail_first);
+    int64_t hi = tail.empty() ? 0 : std::min(upto, tail.back().seq);
+    for (int64_t seq = lo; seq <= hi; ++seq) {
+        const store::MessageData& m = *tail[static_cast<size_t>(seq - tail_first)].msg;
+        if (m.sender_pid == p.pid || m.to != p.name)
+            continue; // own sends, group messages
+        auto f = std::find_if(found.begin(), found.end(), [&](const store::SenderMax& x) {
+            return x.sender_pid == m.sender_pid;
+        });
+        if (f != found.end())
+            f->sender_seq = std::max(f->sender_seq, m.sender_seq);
+        else if (wants_receipts(m.sender_pid))
+            found.push_back({m.sender_pid, m.sender_seq});
+    }
+    if (!found.empty())
+        after_commit([this, by = p.name, read, list = found](const core::Error* error) {
+            if (!error)
+                send_receipts(by, read, list);
+        });
+    if (after + 1 >= tail_first)
+        return;
+    // Senders seen in the tail got a newer receipt than anything older could give them.
+    std::vector<int64_t> covered;
+    covered.reserve(found.size());
+    for (const auto& f : found)
+        covered.push_back(f.sender_pid);
+    // Entries older than the tail: read off the loop. One scan per principal and state at
+    // a time; ranges that come meanwhile (a device acking through a long replay) join the
+    // next one, so the reader's queue stays bounded whatever the clients send.
+    OlderScan& scan = older_scans_[read ? 1 : 0][p.pid];
+    int64_t older_upto = std::min(upto, tail_first - 1);
+    if (!scan.queued) {
+        scan.after = after;
+        scan.upto = older_upto;
+        scan.covered = std::move(covered);
+        scan.queued = true;
+    } else {
+        scan.after = std::min(scan.after, after);
+        scan.upto = std::max(scan.upto, older_upto);
+        for (int64_t pid : covered)
+            if (std::find(scan.covered.begin(), scan.covered.end(), pid) == scan.covered.end())
+                scan.covered.push_back(pid);
+    }
+    if (!scan.running)
+        start_older_scan(p, read);
+}
+
+void Broker::start_older_scan(const store::Principal& p, bool read) {
+    OlderScan& scan = older_scans_[read ? 1 : 0][p.pid];
+    scan.running = true;
+    scan.queued = false;
+    struct Job {
+        int64_t pid;
+        std::string name;
+        int64_t after, upto;
+        std::vector<int64_t> covered;
+        std::vector<store::SenderMax> senders;
+        bool ok = false;
+        double seconds = 0;
+    };
+    auto job = std::make_shared<Job>(
+        Job{p.pid, p.name, scan.after, scan.upto, std::move(scan.covered), {}, false, 0});
+    scan.covered.clear();
+    reader_.submit(
+        [job](store::ReadConn& conn) {
+            auto started = std::chrono::steady_clock::now();
+            auto r = conn.direct_senders(job->pid, job->name, job->after, job->upto);
+            if (r) {
+                job->senders = std::move(r.value());
+                job->ok = true;
+            }
+            std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
+            job->seconds = took.count();
+        },
+        [this, job, read] {
+            metrics_.read_seconds.observe(job->seconds);
+            auto& scans = older_scans_[read ? 1 : 0];
+            auto it = scans.find(job->pid);
+            if (it != scans.end()) {
+                it->second.running = false;
+                const store::Principal* p = store_.find_pid(job->pid);
+                if (it->second.queued && p)
+                    start_older_scan(*p, read);
+                else
+                    scans.erase(it);
+            }
+            if (!job->ok)
+                return; // receipts are a courtesy: the receipts query still tells
+            std::erase_if(job->senders, [&](const store::SenderMax& m) {
+                return std::find(job->covered.begin(), job->covered.end(), m.sender_pid) !=
+                       job->covered.end();
+            });
+            // The watermark that moved was committed with an earlier batch, or joins the
+            // current one: either way, tell once the current batch is committed.
+            if (!job->senders.empty())
+                after_commit([this, job, read](const core::Error* error) {
+                    if (!error)
+                        send_receipts(job->name, read, job->senders);
+                });
+        });
+}
+
+bool Broker::wants_receipts(int64_t pid) const {
+    auto it = live_.find(pid);
+    if (it == live_.end())
+        return false;
+    return std::any_of(it->second.begin(), it->second.end(),
+                       [](const Session* s) { return s->wants_receipts(); });
+}
+
+void Broker::send_receipts(const std::string& by, bool read,
+                           std::span<const store::SenderMax> list) {
+    for (const store::SenderMax& m : list) {
+        auto live = live_.find(m.sender_pid);
+        if (live == live_.end())
+            continue;
+        std::string frame = read ? R"({"type":"receipt","state":"read","seq":)"
+                                 : R"({"type":"receipt","state":"delivered","seq":)";
+        core::json_append_int(frame, m.sender_seq);
+        frame += R"(,"by":)";
+        core::json_append_string(frame, by);
+        frame += '}';
+        for (Session* s : live->second) {
+            if (!s->wants_receipts())
+                continue;
+            if (s->queue_event(frame))
+                metrics_.receipts_sent.inc();
+            else
+                metrics_.events_dropped_receipt.inc();
+        }
+    }
 }
 
 } // namespace meshd::session

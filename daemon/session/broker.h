@@ -5,6 +5,12 @@
 // commits once, then acks and deliveries go out — never before the commit (an acked
 // message must survive SIGKILL). A failed commit turns every send of the batch into an
 // `unavailable` error and acks nothing.
+//
+// Conversation events that are not log entries also go out from here: typing relays (rate
+// limited per sender and conversation) and receipts (derived from the recipient's cursors
+// and read marker when they move; never stored). Reads that may scan far (history pages,
+// receipts look-ups) run on the store's reader threads; their answers come back to the loop
+// and find their session by connection id.
 #pragma once
 
 #include "core/config.h"
@@ -14,12 +20,14 @@
 #include "session/frame.h"
 #include "session/presence.h"
 #include "session/session.h"
+#include "store/reader.h"
 #include "store/store.h"
 
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <uv.h>
@@ -39,13 +47,15 @@ struct BrokerLimits {
     uint64_t away_after_ms = 300000; // 0: no automatic away
     size_t max_watch = 1000;
     size_t max_profile_bytes = 8192;
+    size_t history_max_inflight = 4; // history and receipts queries per connection
+    uint64_t typing_interval_ms = 1000;
     static BrokerLimits from(const core::Config& config);
 };
 
 class Broker {
   public:
-    Broker(uv_loop_t* loop, store::Store& store, router::ModuleSet& modules, BrokerLimits limits,
-           size_t write_headroom, std::string server_name);
+    Broker(uv_loop_t* loop, store::Store& store, store::Reader& reader, router::ModuleSet& modules,
+           BrokerLimits limits, size_t write_headroom, std::string server_name);
     ~Broker();
     Broker(const Broker&) = delete;
     Broker& operator=(const Broker&) = delete;
@@ -65,7 +75,8 @@ class Broker {
     void close_all(uint16_t code, std::string_view reason);
     // Shutdown: commit, make everything durable now and release what waited for it.
     void flush();
-    // Stops the timers (shutdown); sessions still close through the transport.
+    // Stops the timers and the reader threads (shutdown); sessions still close through the
+    // transport.
     void stop();
 
     size_t connection_count() const { return sessions_.size(); }
@@ -83,6 +94,7 @@ class Broker {
 
     // ---- for sessions ----
     store::Store& store() { return store_; }
+    store::Reader& reader() { return reader_; }
     router::ModuleSet& modules() { return modules_; }
     const BrokerLimits& limits() const { return limits_; }
     FrameParser& parser() { return parser_; }
@@ -104,10 +116,28 @@ class Broker {
     void note_stored(store::Principal& recipient, std::string_view sender, int64_t seq);
     void forget(Session& s); // the session is being destroyed
 
+    // ---- conversations ----
+    // Relays a typing notice from `from` to the live devices of the recipients (the sender's
+    // own devices excepted), at most one start per typing.interval_ms per sender and `to`.
+    void relay_typing(const store::Principal& from, const std::string& to,
+                      std::span<store::Principal* const> recipients, bool stop);
+    // p's delivered or read watermark moved from `after` to `upto`: tell the senders of the
+    // direct messages in between (their live devices), once the current batch is committed.
+    // Entries still in p's memory tail are looked at here; older ones on a reader thread.
+    void receipts_moved(store::Principal& p, int64_t after, int64_t upto, bool read);
+
     // Core instruments the sessions count into (handles resolved once, in the constructor).
     struct Metrics {
         core::Counter deliveries;            // msg frames handed to the transport
         core::Counter rate_limited_inflight; // sends refused by limits.max_inflight
+        core::Counter rate_limited_queries;  // history/receipts refused by history.max_inflight
+        core::Counter typing_relayed;        // typing notices relayed (once per notice)
+        core::Counter typing_dropped;        // typing notices over typing.interval_ms
+        core::Counter receipts_sent;         // receipt frames queued for devices
+        core::Counter events_dropped_typing; // events a device's full control queue refused
+        core::Counter events_dropped_receipt;
+        core::Counter history_reads;         // history pages read
+        core::Histogram read_seconds;        // time a reader job took, on its thread
     };
     Metrics& metrics() { return metrics_; }
     // Counts an error frame sent to a client, by its code.
@@ -115,9 +145,12 @@ class Broker {
 
   private:
     void tick();
+    void send_receipts(const std::string& by, bool read, std::span<const store::SenderMax> list);
+    void start_older_scan(const store::Principal& p, bool read);
 
     uv_loop_t* loop_;
     store::Store& store_;
+    store::Reader& reader_;
     router::ModuleSet& modules_;
     BrokerLimits limits_;
     size_t write_headroom_;
@@ -151,11 +184,33 @@ class Broker {
     std::vector<Session*> wake_list_;
     std::vector<uint64_t> kill_list_;
 
+    // Typing rate limits: "<sender pid> <to>" -> last start relayed.
+    struct TypingState {
+        uint64_t last_start_ms = 0;
+        bool started = false; // a start was relayed and no stop since
+    };
+    std::unordered_map<std::string, TypingState> typing_;
+    uint64_t typing_pruned_ms_ = 0;
+    std::vector<store::SenderMax> receipt_scratch_;
+    // Receipts for entries older than a principal's memory tail, read off the loop: at most
+    // one scan per principal and state (delivered, read) at a time; what comes meanwhile is
+    // merged into `after..upto` and read next.
+    struct OlderScan {
+        int64_t after = 0, upto = 0;
+        std::vector<int64_t> covered; // senders already told something newer
+        bool running = false;
+        bool queued = false;
+    };
+    std::unordered_map<int64_t, OlderScan> older_scans_[2]; // [0] delivered, [1] read
+
     core::UvCheck turn_end_;
     core::UvTimer ticker_;
     Presence presence_{*this};
 
     size_t live_by_kind_[2] = {0, 0}; // ready sessions of users, of agents
+    size_t receipt_sessions_ = 0;     // ready sessions that asked for receipts
+    // Does a ready session of this principal want receipts?
+    bool wants_receipts(int64_t pid) const;
     Metrics metrics_;
     // meshd_errors_total{code}: the contract's codes are registered up front (they read 0
     // until used); codes modules invent get a series on first use, up to a cap.

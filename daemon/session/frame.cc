@@ -183,6 +183,25 @@ FrameError FrameParser::parse(std::string_view text, Frame& out) {
             return e;
         if (auto e = get_string("pubkey", out.pubkey, out.has_pubkey, 4096))
             return e;
+        if (auto ev = obj["events"]; ev.error() == simdjson::SUCCESS) {
+            simdjson::dom::array names;
+            if (ev.get_array().get(names))
+                return error("bad_frame", "\"events\" must be an array of event names, e.g. "
+                                          "[\"receipts\", \"typing\"]");
+            size_t i = 0;
+            for (simdjson::dom::element item : names) {
+                std::string_view name;
+                if (item.get_string().get(name))
+                    return error("bad_frame", "\"events[" + std::to_string(i) +
+                                                  "]\" must be a string (an event name)");
+                // Names this server does not know are left out: a newer client still logs in.
+                if (name == "receipts")
+                    out.wants_receipts = true;
+                else if (name == "typing")
+                    out.wants_typing = true;
+                ++i;
+            }
+        }
         if (auto r = obj["resume"]; r.error() == simdjson::SUCCESS) {
             std::string_view s;
             int64_t n = 0;
@@ -272,7 +291,7 @@ FrameError FrameParser::parse(std::string_view text, Frame& out) {
             return e;
         if (auto e = get_string("kind", out.kind, out.has_kind, 64))
             return e;
-        if (auto e = get_string("after", out.after, out.has_after, 1024))
+        if (auto e = get_string("after", out.who_after, out.has_who_after, 1024))
             return e;
         if (auto v = obj["online"]; v.error() == simdjson::SUCCESS) {
             if (v.get_bool().get(out.online))
@@ -284,6 +303,98 @@ FrameError FrameParser::parse(std::string_view text, Frame& out) {
             if (v.get_int64().get(out.limit) || out.limit < 1 || out.limit > who_max_limit)
                 return error("bad_frame",
                              "\"limit\" must be an integer 1.." + std::to_string(who_max_limit));
+        }
+        return {};
+    }
+    if (type == "history") {
+        out.type = FrameType::history;
+        if (auto e = get_string("with", out.with, out.has_with, 256))
+            return e;
+        if (out.has_with && out.with.empty())
+            return error("bad_frame", "\"with\" must not be empty");
+        auto get_seq = [&](const char* key, int64_t& into, bool& present) -> FrameError {
+            auto v = obj[key];
+            if (v.error() != simdjson::SUCCESS)
+                return {};
+            if (v.get_int64().get(into) || into < 0)
+                return error("bad_frame", std::string("\"") + key +
+                                              "\" must be a seq (an integer >= 0)");
+            present = true;
+            return {};
+        };
+        if (auto e = get_seq("before", out.before, out.has_before))
+            return e;
+        if (auto e = get_seq("after", out.after, out.has_after))
+            return e;
+        if (out.has_before && out.has_after)
+            return error("bad_frame", "history takes \"before\" or \"after\", not both");
+        if (auto v = obj["limit"]; v.error() == simdjson::SUCCESS) {
+            const std::string range = "\"limit\" must be an integer 1.." +
+                                      std::to_string(max_history_limit);
+            if (v.get_int64().get(out.limit))
+                return error("bad_frame", range);
+            if (out.limit < 1 || out.limit > max_history_limit)
+                return error("bad_frame", range + ", got " + std::to_string(out.limit));
+        }
+        return {};
+    }
+    if (type == "typing") {
+        out.type = FrameType::typing;
+        bool present = false;
+        if (obj["to"].error() != simdjson::SUCCESS)
+            return error("bad_frame", "typing needs \"to\": a principal id or \"#group\"");
+        if (auto e = get_string("to", out.to, present, 256))
+            return e;
+        if (out.to.empty())
+            return error("bad_frame", "\"to\" must not be empty");
+        std::string_view state;
+        bool has_state = false;
+        if (auto e = get_string("state", state, has_state, 16))
+            return e;
+        if (has_state && state != "start" && state != "stop")
+            return error("bad_frame", "\"state\" must be \"start\" or \"stop\"");
+        out.typing_stop = has_state && state == "stop";
+        return {};
+    }
+    if (type == "read") {
+        out.type = FrameType::read;
+        auto u = obj["upto"];
+        if (u.error() != simdjson::SUCCESS)
+            return error("bad_frame", "read needs \"upto\": the highest seq the principal read");
+        if (u.get_int64().get(out.upto) || out.upto < 0)
+            return error("bad_frame", "\"upto\" must be an integer >= 0");
+        return {};
+    }
+    if (type == "receipts") {
+        out.type = FrameType::receipts;
+        const std::string what =
+            "an array of 1 to " + std::to_string(max_receipt_seqs) + " seqs (integers >= 1)";
+        auto v = obj["seqs"];
+        if (v.error() != simdjson::SUCCESS)
+            return error("bad_frame", "receipts needs \"seqs\": " + what);
+        simdjson::dom::array seqs;
+        if (v.get_array().get(seqs))
+            return error("bad_frame", "\"seqs\" must be " + what);
+        size_t n = seqs.size();
+        if (n == 0 || n > max_receipt_seqs)
+            return error("bad_frame", "\"seqs\" must be " + what + ", got " +
+                                          std::to_string(n) + " seqs");
+        out.seqs.reserve(n);
+        for (simdjson::dom::element item : seqs) {
+            int64_t seq = 0;
+            if (item.get_int64().get(seq) || seq < 1)
+                return error("bad_frame", "\"seqs[" + std::to_string(out.seqs.size()) +
+                                              "]\" must be a seq (an integer >= 1)");
+            out.seqs.push_back(seq);
+        }
+        return {};
+    }
+    if (type == "settings") {
+        out.type = FrameType::settings;
+        if (auto v = obj["read_receipts"]; v.error() == simdjson::SUCCESS) {
+            if (v.get_bool().get(out.read_receipts))
+                return error("bad_frame", "\"read_receipts\" must be true or false");
+            out.has_read_receipts = true;
         }
         return {};
     }

@@ -9,10 +9,20 @@
 #include <simdjson.h>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace meshd::session {
 
-enum class FrameType { unknown, hello, auth, send, ack, watch, status, profile, who };
+enum class FrameType {
+    unknown, hello, auth, send, ack,
+    watch, status, profile, who,              // presence and directory
+    history, typing, read, receipts, settings // conversations
+};
+
+// Protocol bounds of the conversation frames (meshd-protocol(7), CONVERSATIONS).
+inline constexpr int64_t default_history_limit = 50;
+inline constexpr int64_t max_history_limit = 500;
+inline constexpr size_t max_receipt_seqs = 100;
 
 struct Frame {
     FrameType type = FrameType::unknown;
@@ -33,6 +43,9 @@ struct Frame {
     int64_t resume_seq = 0;
     bool has_pubkey = false; // ed25519: the key to be challenged, base64 as sent
     std::string_view pubkey;
+    // The events this device wants besides messages (hello "events"); unknown names ignored.
+    bool wants_receipts = false;
+    bool wants_typing = false;
     // auth (the answer to a challenge)
     bool has_sig = false;
     std::string_view sig;
@@ -43,23 +56,37 @@ struct Frame {
     std::string_view body; // raw JSON text of the value
     bool has_id = false;
     std::string_view id;
-    // ack
+    // ack, read
     int64_t upto = 0;
     // watch: every item is a string
     simdjson::dom::array ids;
     // status
     std::string_view status;
     std::string_view note; // empty when absent
-    // who
+    // who (and history: limit)
     bool has_skill = false;
     std::string_view skill;
     bool has_kind = false;
     std::string_view kind;
     bool has_online = false;
     bool online = false;
-    int64_t limit = 50;
+    int64_t limit = default_history_limit; // who and history: both default to 50
+    bool has_who_after = false;
+    std::string_view who_after;
+    // history
+    bool has_with = false;
+    std::string_view with;
+    bool has_before = false;
+    int64_t before = 0;
     bool has_after = false;
-    std::string_view after;
+    int64_t after = 0;
+    // typing (`to` as for send)
+    bool typing_stop = false;
+    // receipts
+    std::vector<int64_t> seqs;
+    // settings
+    bool has_read_receipts = false;
+    bool read_receipts = true;
 };
 
 // Limits of the who query (meshd-protocol(7), "who").

@@ -10,6 +10,8 @@
 #include "session/frame.h"
 
 #include <algorithm>
+#include <chrono>
+#include <optional>
 #include <sodium.h>
 
 namespace meshd::session {
@@ -36,6 +38,42 @@ void append_ack(std::string& buf, const auto& a) {
         buf += R"(,"dup":true)";
     buf += '}';
 }
+
+// A log entry as the msg frame carries it; history pages carry the same objects.
+void append_msg(std::string& buf, int64_t seq, const store::MessageData& m) {
+    buf.reserve(buf.size() + 96 + m.from.size() + m.to.size() + m.body.size());
+    buf += R"({"type":"msg","seq":)";
+    core::json_append_int(buf, seq);
+    buf += R"(,"from":)";
+    core::json_append_string(buf, m.from);
+    buf += R"(,"to":)";
+    core::json_append_string(buf, m.to);
+    buf += R"(,"ts":)";
+    core::json_append_int(buf, m.ts);
+    if (!m.client_id.empty()) {
+        buf += R"(,"id":)";
+        core::json_append_string(buf, m.client_id);
+    }
+    buf += R"(,"body":)";
+    buf += m.body;
+    buf += '}';
+}
+
+// {"type":TYPE,"ref":REF, — the start of a reply; the caller appends its fields and '}'.
+void begin_reply(std::string& buf, std::string_view type, std::string_view ref, bool has_ref) {
+    buf += R"({"type":)";
+    core::json_append_string(buf, type);
+    if (has_ref) {
+        buf += R"(,"ref":)";
+        core::json_append_string(buf, ref);
+    }
+}
+
+// Bodies in one history page stop at about this many bytes (the first entry always fits):
+// a page waits in memory until written, so its size is bounded, not its row count alone.
+constexpr size_t history_page_bytes = 1 << 20;
+// Events (typing, receipts) are dropped while a device's control queue holds this much.
+constexpr size_t max_event_bytes = 64 * 1024;
 
 std::string new_session_id() {
     unsigned char raw[9];
@@ -92,15 +130,6 @@ void Session::queue_control(std::string frame) {
         return;
     }
     link_.want_write();
-}
-
-bool Session::queue_event(const std::string& frame) {
-    if (state_ != State::ready || control_bytes_ + frame.size() > broker_.limits().max_queue / 2)
-        return false;
-    control_bytes_ += frame.size();
-    control_.push_back(frame);
-    link_.want_write();
-    return true;
 }
 
 void Session::send_error(std::string_view code, std::string_view message, std::string_view ref,
@@ -172,6 +201,21 @@ void Session::on_text(std::string& frame) {
         return;
     case FrameType::who:
         handle_who(f);
+        return;
+    case FrameType::history:
+        handle_history(f);
+        return;
+    case FrameType::typing:
+        handle_typing(f);
+        return;
+    case FrameType::read:
+        handle_read(f);
+        return;
+    case FrameType::receipts:
+        handle_receipts(f);
+        return;
+    case FrameType::settings:
+        handle_settings(f);
         return;
     default:
         send_error("unknown_type", "unknown frame type '" + std::string(f.type_name) + "'", f.ref,
@@ -245,6 +289,8 @@ void Session::handle_hello(const Frame& f) {
     hello.has_epoch = f.has_epoch;
     hello.resume = f.resume;
     hello.resume_seq = f.resume_seq;
+    hello.wants_receipts = f.wants_receipts;
+    hello.wants_typing = f.wants_typing;
 
     router::AuthRequest req;
     req.token = f.has_token ? f.token : std::string_view(bearer_);
@@ -359,6 +405,8 @@ void Session::login(store::Principal& p, const HelloRequest& hello, std::string 
     principal_ = &p;
     device_ = device;
     credential_ = std::move(credential);
+    wants_receipts_ = hello.wants_receipts;
+    wants_typing_ = hello.wants_typing;
     next_seq_ = start + 1;
     sync_target_ = p.committed_head;
     synced_ = false;
@@ -388,6 +436,14 @@ void Session::login(store::Principal& p, const HelloRequest& hello, std::string 
     core::json_append_string(w, device_);
     w += R"(,"cursor":)";
     core::json_append_int(w, cursor);
+    w += R"(,"read":)";
+    core::json_append_int(w, p.read_upto);
+    w += R"(,"events":[)";
+    if (wants_receipts_)
+        w += R"("receipts")";
+    if (wants_typing_)
+        w += wants_receipts_ ? R"(,"typing")" : R"("typing")";
+    w += ']';
     w += R"(,"max_frame":)";
     core::json_append_int(w, static_cast<int64_t>(broker_.limits().max_frame));
     w += '}';
@@ -452,7 +508,13 @@ void Session::handle_ack(const Frame& f) {
                    f.ref, f.has_ref);
         return;
     }
-    broker_.store().set_cursor(*principal_, device_, f.upto);
+    store::Principal& p = *principal_;
+    // Delivered means acked by any device, or read (a read marker implies delivery).
+    int64_t before = std::max(p.delivered_upto, p.read_upto);
+    broker_.store().set_cursor(p, device_, f.upto);
+    int64_t after = std::max(p.delivered_upto, p.read_upto);
+    if (after > before)
+        broker_.receipts_moved(p, before, after, false);
 }
 
 void Session::fail_pending(const core::Error& error) {
@@ -493,6 +555,8 @@ void Session::close(uint16_t code, std::string_view reason, bool flush) {
     state_ = State::closing;
     principal_ = nullptr;
     acks_.clear();
+    replies_.clear();
+    reply_bytes_ = 0;
     page_.clear();
     close_flush_ = flush;
     if (!flush) {
@@ -619,6 +683,13 @@ OutFrame Session::next_frame() {
         return pop_control();
     if (state_ != State::ready)
         return out;
+    if (!replies_.empty()) {
+        buf += replies_.front();
+        reply_bytes_ -= replies_.front().size();
+        replies_.pop_front();
+        --queries_inflight_; // written: the slot is free again
+        return finish(OutFrame::Kind::text);
+    }
 
     store::Principal& p = *principal_;
     // Acks of earlier (already delivered or deduplicated) seqs go out as soon as committed.
@@ -660,23 +731,7 @@ OutFrame Session::next_frame() {
             next_seq_ = p.committed_head + 1;
             break;
         }
-        const store::MessageData& m = *e->msg;
-        buf.reserve(buf.size() + 96 + m.from.size() + m.to.size() + m.body.size());
-        buf += R"({"type":"msg","seq":)";
-        core::json_append_int(buf, e->seq);
-        buf += R"(,"from":)";
-        core::json_append_string(buf, m.from);
-        buf += R"(,"to":)";
-        core::json_append_string(buf, m.to);
-        buf += R"(,"ts":)";
-        core::json_append_int(buf, m.ts);
-        if (!m.client_id.empty()) {
-            buf += R"(,"id":)";
-            core::json_append_string(buf, m.client_id);
-        }
-        buf += R"(,"body":)";
-        buf += m.body;
-        buf += '}';
+        append_msg(buf, e->seq, *e->msg);
         broker_.metrics().deliveries.inc();
         ++next_seq_;
         if (!page_.empty() && next_seq_ > page_.back().seq) {
@@ -691,6 +746,322 @@ OutFrame Session::next_frame() {
         return finish(OutFrame::Kind::text);
     }
     return out;
+}
+
+// ---- conversations ------------------------------------------------------------------------
+
+bool Session::queue_event(std::string frame) {
+    const size_t cap = std::min(max_event_bytes, broker_.limits().max_queue / 2);
+    if (state_ != State::ready || control_bytes_ + frame.size() > cap)
+        return false;
+    control_bytes_ += frame.size();
+    control_.push_back(std::move(frame));
+    link_.want_write();
+    return true;
+}
+
+void Session::queue_reply(std::string frame) {
+    reply_bytes_ += frame.size();
+    replies_.push_back(std::move(frame));
+    link_.want_write();
+}
+
+bool Session::begin_query(const Frame& f) {
+    size_t limit = broker_.limits().history_max_inflight;
+    if (queries_inflight_ >= limit) {
+        broker_.metrics().rate_limited_queries.inc();
+        send_error("rate_limited",
+                   std::to_string(limit) +
+                       " history or receipts queries of this connection await their answer "
+                       "(history.max_inflight); read the answers, then ask again",
+                   f.ref, f.has_ref, 100);
+        return false;
+    }
+    ++queries_inflight_;
+    return true;
+}
+
+void Session::handle_history(const Frame& f) {
+    store::Principal& me = *principal_;
+    store::HistoryQuery q;
+    q.pid = me.pid;
+    q.head = me.committed_head;
+    q.ascending = f.has_after;
+    q.bound = f.has_after ? f.after : f.has_before ? f.before : me.committed_head + 1;
+    q.limit = static_cast<size_t>(f.limit);
+    q.max_bytes = history_page_bytes;
+    if (f.has_with) {
+        bool group = f.with.front() == '#';
+        auto name = core::canonical_principal(group ? f.with.substr(1) : f.with);
+        if (!name) {
+            send_error("bad_frame",
+                       "\"with\" must be a principal id or \"#group\" ([a-z0-9._-]{1,64})", f.ref,
+                       f.has_ref);
+            return;
+        }
+        if (group) {
+            // Matched by address, so the history of a deleted group can still be read.
+            q.filter = store::HistoryQuery::Filter::group;
+            q.group = "#" + *name;
+        } else {
+            const store::Principal* peer = broker_.store().find(*name);
+            if (!peer) {
+                send_error("unknown_peer", "\"with\": no principal named '" + *name + "'", f.ref,
+                           f.has_ref);
+                return;
+            }
+            q.filter = store::HistoryQuery::Filter::peer;
+            q.self_pid = me.pid;
+            q.self_name = me.name;
+            q.peer_pid = peer->pid;
+            q.peer_name = peer->name;
+        }
+    }
+    if (!begin_query(f))
+        return;
+    struct Job {
+        store::HistoryQuery query;
+        std::string ref;
+        bool has_ref = false;
+        std::string frame;
+        std::optional<core::Error> error;
+        double seconds = 0;
+    };
+    auto job = std::make_shared<Job>();
+    job->query = std::move(q);
+    job->ref = std::string(f.ref);
+    job->has_ref = f.has_ref;
+    broker_.reader().submit(
+        // On a reader thread: only the job's own data.
+        [job](store::ReadConn& conn) {
+            auto started = std::chrono::steady_clock::now();
+            auto page = conn.history(job->query);
+            if (!page) {
+                job->error = page.error();
+            } else {
+                std::string& out = job->frame;
+                begin_reply(out, "history", job->ref, job->has_ref);
+                out += R"(,"messages":[)";
+                bool first = true;
+                for (const store::LogEntry& e : page->entries) {
+                    if (!first)
+                        out += ',';
+                    first = false;
+                    append_msg(out, e.seq, *e.msg);
+                }
+                out += R"(],"more":)";
+                out += page->more ? "true" : "false";
+                out += '}';
+            }
+            std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
+            job->seconds = took.count();
+        },
+        [&broker = broker_, conn = conn_id_, job] {
+            broker.metrics().read_seconds.observe(job->seconds);
+            broker.metrics().history_reads.inc();
+            if (Session* s = broker.find_connection(conn))
+                s->finish_history(std::move(job->frame), job->error ? &*job->error : nullptr,
+                                  job->ref, job->has_ref);
+        });
+}
+
+void Session::finish_history(std::string frame, const core::Error* error, std::string_view ref,
+                             bool has_ref) {
+    if (state_ != State::ready)
+        return;
+    if (error) {
+        --queries_inflight_;
+        send_error(error->code, error->message, ref, has_ref);
+        return;
+    }
+    queue_reply(std::move(frame));
+}
+
+void Session::handle_receipts(const Frame& f) {
+    store::Principal& me = *principal_;
+    for (size_t i = 0; i < f.seqs.size(); ++i)
+        if (f.seqs[i] > me.committed_head) {
+            send_error("bad_frame",
+                       "\"seqs[" + std::to_string(i) + "]\" " + std::to_string(f.seqs[i]) +
+                           " is above the log's head " + std::to_string(me.committed_head),
+                       f.ref, f.has_ref);
+            return;
+        }
+    if (!begin_query(f))
+        return;
+    struct Job {
+        int64_t pid = 0;
+        int64_t head = 0;
+        std::vector<int64_t> seqs;
+        std::string ref;
+        bool has_ref = false;
+        std::vector<store::SentMessage> sent;
+        std::optional<core::Error> error;
+        double seconds = 0;
+    };
+    auto job = std::make_shared<Job>();
+    job->pid = me.pid;
+    job->head = me.committed_head;
+    job->seqs = f.seqs;
+    job->ref = std::string(f.ref);
+    job->has_ref = f.has_ref;
+    broker_.reader().submit(
+        [job](store::ReadConn& conn) {
+            auto started = std::chrono::steady_clock::now();
+            auto sent = conn.sent(job->pid, job->head, job->seqs);
+            if (sent)
+                job->sent = std::move(sent.value());
+            else
+                job->error = sent.error();
+            std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
+            job->seconds = took.count();
+        },
+        [&broker = broker_, conn = conn_id_, job] {
+            broker.metrics().read_seconds.observe(job->seconds);
+            if (Session* s = broker.find_connection(conn))
+                s->finish_receipts(job->sent, job->error ? &*job->error : nullptr, job->ref,
+                                   job->has_ref);
+        });
+}
+
+// The receipts state of sent messages, from the recipients' cursors and read markers as they
+// are now (in memory: fresher than what is stored).
+void Session::finish_receipts(const std::vector<store::SentMessage>& sent,
+                              const core::Error* error, std::string_view ref, bool has_ref) {
+    if (state_ != State::ready)
+        return;
+    if (error) {
+        --queries_inflight_;
+        send_error(error->code, error->message, ref, has_ref);
+        return;
+    }
+    const store::Store& store = broker_.store();
+    std::string out;
+    begin_reply(out, "receipts", ref, has_ref);
+    out += R"(,"receipts":[)";
+    bool first = true;
+    for (const store::SentMessage& m : sent) {
+        bool group = !m.to.empty() && m.to.front() == '#';
+        std::string item;
+        if (group) {
+            int64_t members = 0, delivered = 0, read = 0;
+            for (const auto& copy : m.copies) {
+                const store::Principal* p = store.find_pid(copy.pid);
+                if (!p)
+                    continue; // deleted since
+                ++members;
+                if (std::max(p->delivered_upto, p->read_upto) >= copy.seq)
+                    ++delivered;
+                if (p->read_receipts && p->read_upto >= copy.seq)
+                    ++read;
+            }
+            item += R"({"seq":)";
+            core::json_append_int(item, m.seq);
+            item += R"(,"to":)";
+            core::json_append_string(item, m.to);
+            item += R"(,"members":)";
+            core::json_append_int(item, members);
+            item += R"(,"delivered":)";
+            core::json_append_int(item, delivered);
+            item += R"(,"read":)";
+            core::json_append_int(item, read);
+            item += '}';
+        } else {
+            // The recipient's copy; none for a message to oneself or to a deleted principal.
+            const store::Principal* p = nullptr;
+            int64_t seq = 0;
+            for (const auto& copy : m.copies) {
+                const store::Principal* q = store.find_pid(copy.pid);
+                if (q && q->name == m.to) {
+                    p = q;
+                    seq = copy.seq;
+                }
+            }
+            if (!p)
+                continue;
+            item += R"({"seq":)";
+            core::json_append_int(item, m.seq);
+            item += R"(,"to":)";
+            core::json_append_string(item, m.to);
+            item += R"(,"delivered":)";
+            item += std::max(p->delivered_upto, p->read_upto) >= seq ? "true" : "false";
+            item += R"(,"read":)";
+            item += !p->read_receipts ? "null" : p->read_upto >= seq ? "true" : "false";
+            item += '}';
+        }
+        if (!first)
+            out += ',';
+        first = false;
+        out += item;
+    }
+    out += "]}";
+    queue_reply(std::move(out));
+}
+
+void Session::handle_typing(const Frame& f) {
+    auto& recipients = broker_.route_buffer();
+    std::string& to = broker_.to_buffer();
+    router::RouteOutcome route = broker_.modules().route(*principal_, f.to, recipients, to);
+    if (!route.ok) {
+        send_error(route.code, route.message, f.ref, f.has_ref);
+        return;
+    }
+    broker_.relay_typing(*principal_, to, recipients, f.typing_stop);
+    if (f.has_ref) {
+        // Nothing is stored: the answer needs no commit. It says the notice was taken, not
+        // that it was relayed (a rate-limited one is dropped without an error).
+        std::string ok;
+        begin_reply(ok, "ok", f.ref, true);
+        ok += '}';
+        queue_control(std::move(ok));
+    }
+}
+
+void Session::handle_read(const Frame& f) {
+    store::Principal& p = *principal_;
+    if (f.upto > p.committed_head) {
+        send_error("bad_frame",
+                   "upto " + std::to_string(f.upto) + " is above the log's head " +
+                       std::to_string(p.committed_head),
+                   f.ref, f.has_ref);
+        return;
+    }
+    int64_t read_before = p.read_upto;
+    int64_t delivered_before = std::max(p.delivered_upto, p.read_upto);
+    if (auto r = broker_.store().set_read_marker(p, f.upto, core::wall_ms()); !r) {
+        send_error(r.error().code, r.error().message, f.ref, f.has_ref);
+        return;
+    }
+    if (p.read_receipts) {
+        if (p.read_upto > read_before)
+            broker_.receipts_moved(p, read_before, p.read_upto, true);
+    } else if (p.read_upto > delivered_before) {
+        // Read receipts are off, but what was read was delivered.
+        broker_.receipts_moved(p, delivered_before, p.read_upto, false);
+    }
+    if (f.has_ref)
+        ok_after_commit(f.ref, f.has_ref);
+}
+
+void Session::handle_settings(const Frame& f) {
+    store::Principal& p = *principal_;
+    if (!f.has_read_receipts) {
+        // No setting in it: a query of the current settings.
+        std::string out;
+        begin_reply(out, "settings", f.ref, f.has_ref);
+        out += R"(,"read_receipts":)";
+        out += p.read_receipts ? "true" : "false";
+        out += '}';
+        queue_control(std::move(out));
+        return;
+    }
+    if (f.read_receipts != p.read_receipts) {
+        if (auto r = broker_.store().set_read_receipts(p, f.read_receipts); !r) {
+            send_error(r.error().code, r.error().message, f.ref, f.has_ref);
+            return;
+        }
+    }
+    ok_after_commit(f.ref, f.has_ref);
 }
 
 } // namespace meshd::session

@@ -15,10 +15,17 @@
 // from the principal's log at next_seq_ (memory tail, else a page from SQLite), so a slow
 // reader never makes meshd buffer its backlog. Invariant: frames to one device leave in seq
 // order; the ack for this device's own send takes the place of the msg at that seq.
+//
+// Besides control frames and log entries, a ready session writes events (typing, receipt:
+// queued only while the control queue holds under max_event_bytes, else dropped and
+// counted) and answers to queries read off the loop (history, receipts: each counts against
+// history.max_inflight until it is written, which bounds what waits in memory).
 #pragma once
 
 #include "core/vec_queue.h"
 #include "session/frame.h"
+#include "core/result.h"
+#include "store/reader.h"
 #include "store/store.h"
 
 #include <algorithm>
@@ -88,9 +95,6 @@ class Session {
     // on a refusal the error frame is flushed, then close 1013 (rate_limited) or 1008.
     void admit();
     void wake(); // new committed entries or acks may be ready
-    // An event (presence): queued unless the control queue would pass half of
-    // limits.max_queue, or the session is not ready; false when dropped (the caller counts).
-    bool queue_event(const std::string& frame);
     void fail_pending(const core::Error& error); // the batch failed: un-ack its sends
     void tick(uint64_t now_ms);                  // timeouts and pings
     bool kill_due(uint64_t now_ms) const;
@@ -107,7 +111,7 @@ class Session {
     const std::string& credential() const { return credential_; }
     int64_t connected_ms() const { return connected_ms_; }
     int64_t next_seq() const { return next_seq_; }
-    size_t queued_bytes() const { return control_bytes_; }
+    size_t queued_bytes() const { return control_bytes_ + reply_bytes_; }
     // Committed entries of the log not yet written to this device (0 unless ready).
     int64_t delivery_backlog() const {
         return state_ == State::ready && principal_
@@ -115,6 +119,20 @@ class Session {
                    : 0;
     }
     bool in_batch = false; // listed in the broker's pending sessions of this turn
+    // Events this device asked for in hello ("events"): v1 clients that did not ask never
+    // get frame types they do not know.
+    bool wants_receipts() const { return wants_receipts_; }
+    bool wants_typing() const { return wants_typing_; }
+
+    // Queues an event frame (presence, typing, receipt) if this session is ready and its
+    // control queue stays under max_event_bytes (64 KiB) and half of limits.max_queue; false
+    // when it was dropped (the caller counts).
+    bool queue_event(std::string frame);
+    // The answer to a query this session asked the reader for (history, receipts).
+    void finish_history(std::string frame, const core::Error* error, std::string_view ref,
+                        bool has_ref);
+    void finish_receipts(const std::vector<store::SentMessage>& sent, const core::Error* error,
+                         std::string_view ref, bool has_ref);
 
   private:
     struct PendingAck {
@@ -133,6 +151,8 @@ class Session {
         bool has_epoch = false;
         Frame::Resume resume = Frame::Resume::none;
         int64_t resume_seq = 0;
+        bool wants_receipts = false;
+        bool wants_typing = false;
     };
     struct PendingChallenge {
         HelloRequest hello;
@@ -161,6 +181,14 @@ class Session {
     // Answers ok (or the batch's error) once the turn's batch is committed; then runs
     // `then` if it committed (even when this session is gone by then).
     void ok_after_commit(std::string_view ref, bool has_ref, std::function<void()> then = {});
+    void handle_history(const struct Frame& f);
+    void handle_typing(const struct Frame& f);
+    void handle_read(const struct Frame& f);
+    void handle_receipts(const struct Frame& f);
+    void handle_settings(const struct Frame& f);
+    // Takes a slot of history.max_inflight, or answers rate_limited and returns false.
+    bool begin_query(const struct Frame& f);
+    void queue_reply(std::string frame);
     void send_error(std::string_view code, std::string_view message, std::string_view ref,
                     bool has_ref, uint32_t retry_after_ms = 0);
     void queue_control(std::string frame);
@@ -180,6 +208,8 @@ class Session {
     store::Principal* principal_ = nullptr;
     PresenceEntry* presence_ = nullptr; // while ready: where activity is noted
     std::string credential_;
+    bool wants_receipts_ = false;
+    bool wants_typing_ = false;
     std::unique_ptr<PendingChallenge> challenge_; // while a hello's challenge is open
     State state_ = State::fresh;
     int64_t connected_ms_ = 0;
@@ -189,6 +219,10 @@ class Session {
     core::VecQueue<std::string> control_;
     size_t control_bytes_ = 0;
     core::VecQueue<PendingAck> acks_; // sorted by seq
+    // Query answers not yet written; queries_inflight_ counts these and those being read.
+    core::VecQueue<std::string> replies_;
+    size_t reply_bytes_ = 0;
+    size_t queries_inflight_ = 0;
     int64_t next_seq_ = 1;
     int64_t sync_target_ = 0;
     bool synced_ = true;

@@ -163,12 +163,12 @@ void Session::handle_who(const Frame& f) {
     }
     if (f.has_online)
         q.online = f.online;
-    if (f.has_after) {
+    if (f.has_who_after) {
         // The cursor is the last name of a page: anything else is a client bug.
-        auto after = core::canonical_principal(f.after);
-        if (!after || *after != f.after) {
+        auto after = core::canonical_principal(f.who_after);
+        if (!after || *after != f.who_after) {
             send_error("bad_frame",
-                       "\"after\" " + shown_value(f.after) +
+                       "\"after\" " + shown_value(f.who_after) +
                            " is not a cursor: pass the \"next\" of the previous who reply",
                        f.ref, f.has_ref);
             return;

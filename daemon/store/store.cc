@@ -5,6 +5,7 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "store/sqlite_util.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -27,6 +28,11 @@ std::string_view to_string(Kind k) {
     return k == Kind::agent ? "agent" : "user";
 }
 
+using detail::bind_text;
+using detail::column_text;
+using detail::sqlite_message;
+using detail::StmtGuard;
+
 namespace {
 constexpr std::string_view status_names[] = {"available", "busy", "away", "dnd"};
 static_assert(static_cast<size_t>(Status::dnd) == 3);
@@ -45,7 +51,7 @@ std::optional<Status> parse_status(std::string_view name) {
 
 namespace {
 
-constexpr int known_schema_version = 5;
+constexpr int known_schema_version = 6;
 
 // Numbered migrations; migration N brings user_version from N-1 to N. Each runs inside the
 // transaction that also sets user_version, so a crash leaves the old or the new schema.
@@ -127,6 +133,20 @@ CREATE TABLE profiles(
     hidden INTEGER NOT NULL DEFAULT 0,
     last_seen_ms INTEGER);
 )sql",
+    // 6: conversations. The explicit read marker per principal (frame `read`) and
+    // per-principal settings (read_receipts). (The receipts query's group counts use
+    // log_mid, from 4.)
+    R"sql(
+CREATE TABLE read_markers(
+    pid INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL);
+CREATE TABLE principal_settings(
+    pid INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY(pid, name)) WITHOUT ROWID;
+)sql",
 };
 static_assert(sizeof migrations / sizeof migrations[0] == known_schema_version);
 
@@ -166,6 +186,10 @@ enum Stmt {
     s_upsert_hidden,
     s_upsert_last_seen,
     s_delete_profile_of,
+    s_upsert_read_marker,
+    s_upsert_setting,
+    s_delete_read_marker_of,
+    s_delete_settings_of,
     s_count
 };
 
@@ -180,7 +204,8 @@ const char* const stmt_sql[s_count] = {
     "UPDATE messages SET client_id = NULL WHERE mid = ?1",
     "INSERT INTO cursors(pid, device, seq, updated_ms) VALUES(?1, ?2, ?3, ?4) "
     "ON CONFLICT(pid, device) DO UPDATE SET seq = excluded.seq, updated_ms = excluded.updated_ms",
-    "SELECT l.seq, p.name, m.to_text, m.ts, m.body, m.client_id FROM log l "
+    "SELECT l.seq, p.name, m.to_text, m.ts, m.body, m.client_id, m.sender, m.sender_seq "
+    "FROM log l "
     "JOIN messages m ON m.mid = l.mid JOIN principals p ON p.pid = m.sender "
     "WHERE l.pid = ?1 AND l.seq >= ?2 AND l.seq <= ?3 ORDER BY l.seq LIMIT ?4",
     "INSERT INTO principals(name, kind, created_ms) VALUES(?1, ?2, ?3)",
@@ -214,37 +239,13 @@ const char* const stmt_sql[s_count] = {
     "INSERT INTO profiles(pid, last_seen_ms) VALUES(?1, ?2) ON CONFLICT(pid) DO UPDATE "
     "SET last_seen_ms = excluded.last_seen_ms",
     "DELETE FROM profiles WHERE pid = ?1",
+    "INSERT INTO read_markers(pid, seq, updated_ms) VALUES(?1, ?2, ?3) "
+    "ON CONFLICT(pid) DO UPDATE SET seq = excluded.seq, updated_ms = excluded.updated_ms",
+    "INSERT INTO principal_settings(pid, name, value) VALUES(?1, ?2, ?3) "
+    "ON CONFLICT(pid, name) DO UPDATE SET value = excluded.value",
+    "DELETE FROM read_markers WHERE pid = ?1",
+    "DELETE FROM principal_settings WHERE pid = ?1",
 };
-
-// Resets and clears a statement when the scope ends, so it never pins a read transaction.
-class StmtGuard {
-  public:
-    explicit StmtGuard(sqlite3_stmt* s) : s_(s) {}
-    ~StmtGuard() {
-        sqlite3_reset(s_);
-        sqlite3_clear_bindings(s_);
-    }
-    StmtGuard(const StmtGuard&) = delete;
-    StmtGuard& operator=(const StmtGuard&) = delete;
-
-  private:
-    sqlite3_stmt* s_;
-};
-
-// An empty view may have no data pointer, which SQLite would bind as NULL: bind '' instead.
-void bind_text(sqlite3_stmt* s, int i, std::string_view v) {
-    sqlite3_bind_text(s, i, v.empty() ? "" : v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
-}
-
-std::string_view column_text(sqlite3_stmt* s, int i) {
-    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s, i));
-    return p ? std::string_view(p, static_cast<size_t>(sqlite3_column_bytes(s, i)))
-             : std::string_view();
-}
-
-std::string sqlite_message(sqlite3* db) {
-    return db ? sqlite3_errmsg(db) : "out of memory";
-}
 
 // Creates `path` with 32 random bytes (mode 0600) if missing, then reads it.
 core::Result<void> load_secret(const std::string& path, unsigned char out[32]) {
@@ -721,9 +722,28 @@ core::Result<void> Store::load() {
     if (auto r = query("SELECT pid, device, seq FROM cursors",
                        [&](sqlite3_stmt* s) {
                            auto it = by_pid_.find(sqlite3_column_int64(s, 0));
+                           if (it == by_pid_.end())
+                               return;
+                           int64_t seq = sqlite3_column_int64(s, 2);
+                           it->second->cursors[std::string(column_text(s, 1))] = seq;
+                           it->second->delivered_upto =
+                               std::max(it->second->delivered_upto, seq);
+                       });
+        !r)
+        return r;
+    if (auto r = query("SELECT pid, seq FROM read_markers",
+                       [&](sqlite3_stmt* s) {
+                           auto it = by_pid_.find(sqlite3_column_int64(s, 0));
                            if (it != by_pid_.end())
-                               it->second->cursors[std::string(column_text(s, 1))] =
-                                   sqlite3_column_int64(s, 2);
+                               it->second->read_upto = sqlite3_column_int64(s, 1);
+                       });
+        !r)
+        return r;
+    if (auto r = query("SELECT pid, value FROM principal_settings WHERE name = 'read_receipts'",
+                       [&](sqlite3_stmt* s) {
+                           auto it = by_pid_.find(sqlite3_column_int64(s, 0));
+                           if (it != by_pid_.end())
+                               it->second->read_receipts = column_text(s, 1) != "off";
                        });
         !r)
         return r;
@@ -762,6 +782,13 @@ core::Result<void> Store::load() {
 Principal* Store::find(std::string_view name) const {
     auto it = by_name_.find(name);
     return it == by_name_.end() ? nullptr : it->second;
+}
+
+Principal* Store::find_pid(int64_t pid) const {
+    auto it = by_pid_.find(pid);
+    if (it == by_pid_.end() || find(it->second->name) != it->second.get())
+        return nullptr;
+    return it->second.get();
 }
 
 void Store::for_each_principal(const std::function<void(Principal&)>& fn) const {
@@ -856,7 +883,8 @@ core::Result<void> Store::delete_principal(Principal* p) {
             return fail_batch("delete principal");
     }
     for (int which : {s_delete_log_of, s_delete_cursors_of, s_delete_tokens_of,
-                      s_delete_memberships_of, s_delete_keys_of, s_delete_profile_of}) {
+                      s_delete_memberships_of, s_delete_keys_of, s_delete_profile_of,
+                      s_delete_read_marker_of, s_delete_settings_of}) {
         sqlite3_stmt* s = stmt(which);
         StmtGuard g(s);
         sqlite3_bind_int64(s, 1, p->pid);
@@ -1117,6 +1145,8 @@ core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,
     msg->client_id = std::string(client_id);
     msg->ts = ts;
     msg->body = std::string(body);
+    msg->sender_pid = sender->pid;
+    msg->sender_seq = sender_seq;
     MessageRef ref = std::move(msg);
 
     auto add_entry = [&](Principal* p) -> bool {
@@ -1164,6 +1194,8 @@ core::Result<void> Store::read_page(const Principal& p, int64_t from_seq, size_t
         msg->ts = sqlite3_column_int64(s, 3);
         msg->body = std::string(column_text(s, 4));
         msg->client_id = std::string(column_text(s, 5));
+        msg->sender_pid = sqlite3_column_int64(s, 6);
+        msg->sender_seq = sqlite3_column_int64(s, 7);
         bytes += msg->body.size();
         out.push_back({sqlite3_column_int64(s, 0), std::move(msg)});
         if (bytes >= max_bytes)
@@ -1187,6 +1219,7 @@ void Store::set_cursor(Principal& p, std::string_view device, int64_t seq) {
             return;
         it->second = seq;
     }
+    p.delivered_upto = std::max(p.delivered_upto, seq);
     for (const auto& d : dirty_cursors_)
         if (d.first == &p && d.second == device)
             return;
@@ -1209,11 +1242,64 @@ core::Result<void> Store::forget_device(Principal& p, std::string_view device) {
         return {};
     int64_t old = it->second;
     p.cursors.erase(it);
+    // What the forgotten device acknowledged no longer counts as delivered.
+    auto recompute = [](Principal& q) {
+        q.delivered_upto = 0;
+        for (const auto& [d, seq] : q.cursors)
+            q.delivered_upto = std::max(q.delivered_upto, seq);
+    };
+    recompute(p);
     int64_t pid = p.pid;
-    undo_.push_back([this, pid, name, old] {
+    undo_.push_back([this, pid, name, old, recompute] {
         auto pit = by_pid_.find(pid);
-        if (pit != by_pid_.end())
-            pit->second->cursors[name] = old;
+        if (pit == by_pid_.end())
+            return;
+        pit->second->cursors[name] = old;
+        recompute(*pit->second);
+    });
+    return {};
+}
+
+core::Result<void> Store::set_read_marker(Principal& p, int64_t seq, int64_t now_ms) {
+    if (seq <= p.read_upto)
+        return {};
+    if (auto r = begin_if_needed(); !r)
+        return r;
+    sqlite3_stmt* s = stmt(s_upsert_read_marker);
+    StmtGuard g(s);
+    sqlite3_bind_int64(s, 1, p.pid);
+    sqlite3_bind_int64(s, 2, seq);
+    sqlite3_bind_int64(s, 3, now_ms);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        return fail_batch("store read marker");
+    int64_t old = p.read_upto;
+    p.read_upto = seq;
+    int64_t pid = p.pid;
+    undo_.push_back([this, pid, old] {
+        auto it = by_pid_.find(pid);
+        if (it != by_pid_.end())
+            it->second->read_upto = std::min(it->second->read_upto, old);
+    });
+    return {};
+}
+
+core::Result<void> Store::set_read_receipts(Principal& p, bool on) {
+    if (auto r = begin_if_needed(); !r)
+        return r;
+    sqlite3_stmt* s = stmt(s_upsert_setting);
+    StmtGuard g(s);
+    sqlite3_bind_int64(s, 1, p.pid);
+    bind_text(s, 2, "read_receipts");
+    bind_text(s, 3, on ? "on" : "off");
+    if (sqlite3_step(s) != SQLITE_DONE)
+        return fail_batch("store setting");
+    bool old = p.read_receipts;
+    p.read_receipts = on;
+    int64_t pid = p.pid;
+    undo_.push_back([this, pid, old] {
+        auto it = by_pid_.find(pid);
+        if (it != by_pid_.end())
+            it->second->read_receipts = old;
     });
     return {};
 }

@@ -10,7 +10,10 @@
 //   be acknowledged to anyone before commit() returns ok.
 // - A message is stored once (messages) and referenced from the log of every recipient and
 //   of the sender (log: principal, seq -> message).
-// - Invariant: per principal, seq strictly increases and is never reused. Seqs are assigned
+// - Invariant: per principal, seq strictly increases and is never reused. Within one
+//   principal's log, the message id (mid) increases with seq too: messages are inserted one
+//   at a time and appended to every log at once, so two principals' logs hold the messages
+//   they share in the same order (receipts rely on it: see reader.h). Seqs are assigned
 //   from an in-memory head; a failed batch restores every head it moved (and rolls back), so
 //   a seq handed out in a failed batch was never visible to anyone.
 // - A failed statement or commit (BUSY, FULL, IOERR, READONLY) fails the whole batch; the
@@ -64,6 +67,8 @@ struct MessageData {
     std::string client_id; // the sender's id, or empty
     int64_t ts = 0;        // server receive time, ms since the epoch
     std::string body;      // the body's JSON text, exactly as received
+    int64_t sender_pid = 0; // the sender's internal id
+    int64_t sender_seq = 0; // the message's seq in the sender's log
 };
 using MessageRef = std::shared_ptr<const MessageData>;
 
@@ -99,6 +104,13 @@ struct Principal {
     ProfileRef profile;                // null: never published
     bool hidden = false;               // set by the admin: not listed by who
     int64_t last_seen_ms = 0;          // wall time a device was last connected; 0: never
+    // The highest of the cursors: every entry up to it reached at least one device.
+    int64_t delivered_upto = 0;
+    // The explicit read marker (frame `read`): monotonic, stored in read_markers.
+    int64_t read_upto = 0;
+    // Setting read_receipts: whether senders learn about read_upto (stored in
+    // principal_settings; on unless turned off).
+    bool read_receipts = true;
 };
 
 // Limits of the directory data that are part of the protocol, not configuration.
@@ -167,6 +179,8 @@ class Store {
 
     // ---- principals -------------------------------------------------------------------
     Principal* find(std::string_view name) const;
+    // A live principal by internal id, or null (also for one deleted in the open batch).
+    Principal* find_pid(int64_t pid) const;
     size_t principal_count() const { return by_name_.size(); }
     void for_each_principal(const std::function<void(Principal&)>& fn) const;
     // Joins the batch. Errors: exists, unavailable.
@@ -239,6 +253,13 @@ class Store {
     void set_cursor(Principal& p, std::string_view device, int64_t seq);
     // Deletes the device's cursor (meshctl device forget). Joins the batch.
     core::Result<void> forget_device(Principal& p, std::string_view device);
+
+    // ---- read markers and settings -------------------------------------------------------
+    // Moves p's read marker up to seq (a lower or equal value changes nothing). Joins the
+    // batch; restored in memory if the batch fails.
+    core::Result<void> set_read_marker(Principal& p, int64_t seq, int64_t now_ms);
+    // Turns p's read receipts on or off. Joins the batch; restored if the batch fails.
+    core::Result<void> set_read_receipts(Principal& p, bool on);
 
     // ---- batches ----------------------------------------------------------------------
     bool batch_open() const { return in_txn_ || batch_failed_ || !dirty_cursors_.empty(); }

@@ -52,6 +52,11 @@ FAMILIES = {
     "meshd_principals": "gauge",
     "meshd_events_dropped_total": "counter",
     "meshd_metrics_scrapes_total": "counter",
+    "meshd_typing_total": "counter",
+    "meshd_receipts_sent_total": "counter",
+    "meshd_events_dropped_total": "counter",
+    "meshd_history_reads_total": "counter",
+    "meshd_read_duration_seconds": "histogram",
 }
 
 SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')

@@ -220,6 +220,24 @@ const IntRow int_rows[] = {
      "meshd.toml:2:21: directory.max_profile_bytes must be an integer 256..1048576, got 255"},
     {"[directory]\nmax_profile_bytes = 1048577\n", nullptr, 0,
      "meshd.toml:2:21: directory.max_profile_bytes must be an integer 256..1048576, got 1048577"},
+    {"[history]\nreaders = 1\n", &Config::history_readers, 1, ""},
+    {"[history]\nreaders = 16\n", &Config::history_readers, 16, ""},
+    {"[history]\nreaders = 0\n", nullptr, 0,
+     "meshd.toml:2:11: history.readers must be an integer 1..16, got 0"},
+    {"[history]\nreaders = 17\n", nullptr, 0,
+     "meshd.toml:2:11: history.readers must be an integer 1..16, got 17"},
+    {"[history]\nmax_inflight = 1\n", &Config::history_max_inflight, 1, ""},
+    {"[history]\nmax_inflight = 64\n", &Config::history_max_inflight, 64, ""},
+    {"[history]\nmax_inflight = 0\n", nullptr, 0,
+     "meshd.toml:2:16: history.max_inflight must be an integer 1..64, got 0"},
+    {"[history]\nmax_inflight = 65\n", nullptr, 0,
+     "meshd.toml:2:16: history.max_inflight must be an integer 1..64, got 65"},
+    {"[typing]\ninterval_ms = 100\n", &Config::typing_interval_ms, 100, ""},
+    {"[typing]\ninterval_ms = 60000\n", &Config::typing_interval_ms, 60000, ""},
+    {"[typing]\ninterval_ms = 99\n", nullptr, 0,
+     "meshd.toml:2:15: typing.interval_ms must be an integer 100..60000, got 99"},
+    {"[typing]\ninterval_ms = 60001\n", nullptr, 0,
+     "meshd.toml:2:15: typing.interval_ms must be an integer 100..60000, got 60001"},
     // negative and hex integers are integers too
     {"[limits]\nmax_depth = -5\n", nullptr, 0,
      "meshd.toml:2:13: limits.max_depth must be an integer 2..1024, got -5"},
@@ -461,7 +479,8 @@ TEST(ConfigModules, LoadNames) {
 
 TEST(ConfigUnknown, KeysAndSections) {
     const std::string sections =
-        "core sections are server, control, modules, limits, storage, log, presence, directory";
+        "core sections are server, control, modules, limits, storage, log, presence, directory, "
+        "history, typing";
     const std::string module_rule =
         "; a module's section must name a module listed in modules.load";
     check_rows({
@@ -643,7 +662,8 @@ TEST(ConfigErrors, AllAreReportedInFileOrder) {
             "got 1",
             "/etc/meshd/meshd.toml:9:8: storage.sync must be \"normal\" or \"full\", got \"fast\"",
             "/etc/meshd/meshd.toml:10:1: unknown section [bogus]: core sections are server, "
-            "control, modules, limits, storage, log, presence, directory; a module's section must "
+            "control, modules, limits, storage, log, presence, directory, history, typing; a "
+            "module's section must "
             "name a module listed in modules.load",
             "/etc/meshd/meshd.toml:12:9: log.level must be \"debug\", \"info\", \"warn\" or "
             "\"error\", got \"loud\"",
@@ -828,7 +848,9 @@ TEST(ConfigDiff, EveryKeyIsCompared) {
                             "cache_bytes = 5\ncheckpoint_wal_bytes = 1048576\n"
                             "[log]\nlevel = \"error\"\n"
                             "[presence]\ngrace_ms = 1\naway_after_s = 1\nmax_watch = 2\n"
-                            "[directory]\nmax_profile_bytes = 300\n");
+                            "[directory]\nmax_profile_bytes = 300\n"
+                            "[history]\nreaders = 1\nmax_inflight = 1\n"
+                            "[typing]\ninterval_ms = 100\n");
     ConfigDiff d = diff_config(before, after);
     std::vector<std::string> applied, restart;
     for (const KeyInfo& k : config_keys())
@@ -836,14 +858,17 @@ TEST(ConfigDiff, EveryKeyIsCompared) {
     EXPECT_EQ(d.applied, applied);
     EXPECT_EQ(d.restart_required, restart);
     // The reloadable set is the design's: all [limits], [presence] and [directory] keys,
-    // log.level, storage.dedupe_window_s, retention and storage.cache_bytes.
+    // log.level, storage.dedupe_window_s, retention, storage.cache_bytes,
+    // history.max_inflight and typing.interval_ms.
     EXPECT_EQ(applied, (std::vector<std::string>{
                            "limits.max_frame", "limits.max_depth", "limits.max_queue",
                            "limits.max_inflight", "limits.max_devices", "limits.hello_timeout_ms",
                            "limits.ping_interval_ms", "storage.dedupe_window_s",
                            "storage.retention_days", "storage.max_log_entries",
-                           "storage.cache_bytes", "log.level", "presence.grace_ms", "presence.away_after_s", "presence.max_watch",
-                           "directory.max_profile_bytes"}));
+                           "storage.cache_bytes", "log.level", "presence.grace_ms",
+                           "presence.away_after_s", "presence.max_watch",
+                           "directory.max_profile_bytes", "history.max_inflight",
+                           "typing.interval_ms"}));
 }
 
 TEST(ConfigModuleTables, SameValueTreatsIntegerAndFloatAlike) {
@@ -884,7 +909,8 @@ TEST(ConfigKeys, Table) {
                          "storage.cache_bytes", "storage.checkpoint_wal_bytes", "log.level",
                          "presence.grace_ms",
                          "presence.away_after_s", "presence.max_watch",
-                         "directory.max_profile_bytes"}));
+                         "directory.max_profile_bytes", "history.readers", "history.max_inflight",
+                         "typing.interval_ms"}));
     const KeyInfo& frame = config_keys()[5];
     EXPECT_EQ(frame.type, "integer");
     EXPECT_EQ(frame.default_text, "1048576");

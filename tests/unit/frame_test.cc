@@ -651,11 +651,11 @@ TEST(FrameParse, PresenceFrames) {
     EXPECT_TRUE(f.has_online);
     EXPECT_FALSE(f.online);
     EXPECT_EQ(f.limit, 500);
-    EXPECT_TRUE(f.has_after);
-    EXPECT_EQ(f.after, "bob");
+    EXPECT_TRUE(f.has_who_after);
+    EXPECT_EQ(f.who_after, "bob");
     Input who_bare(R"({"type":"who"})");
     parse(who_bare);
-    EXPECT_FALSE(f.has_skill || f.has_kind || f.has_online || f.has_after);
+    EXPECT_FALSE(f.has_skill || f.has_kind || f.has_online || f.has_who_after);
     EXPECT_EQ(f.limit, who_default_limit);
 }
 
@@ -739,6 +739,128 @@ TEST(FrameParse, ReuseResetsEveryField) {
         EXPECT_TRUE(e);
         expect_frame(f, Want(FrameType::send, "send").with_ref("z"));
     }
+}
+
+// ---- conversation frames ------------------------------------------------------------------
+
+Frame parse_ok(FrameParser& parser, const std::string& json) {
+    Input in(json);
+    Frame f;
+    FrameError e = parser.parse(in.view(), f);
+    EXPECT_FALSE(e) << json << " -> " << e.message;
+    // The views point into `in`: keep only what the tests compare by value.
+    f.type_name = {};
+    f.ref = {};
+    f.with = {};
+    f.to = {};
+    return f;
+}
+
+TEST(FrameParse, Conversations) {
+    FrameParser parser(kMaxDepth);
+    Frame h = parse_ok(parser, R"({"type":"history"})");
+    EXPECT_EQ(h.type, FrameType::history);
+    EXPECT_FALSE(h.has_with || h.has_before || h.has_after);
+    EXPECT_EQ(h.limit, 50);
+    h = parse_ok(parser, R"({"type":"history","with":"#team","before":0,"limit":500})");
+    EXPECT_TRUE(h.has_with && h.has_before && !h.has_after);
+    EXPECT_EQ(h.before, 0);
+    EXPECT_EQ(h.limit, 500);
+    h = parse_ok(parser, R"({"type":"history","after":9,"limit":1})");
+    EXPECT_TRUE(h.has_after);
+    EXPECT_EQ(h.after, 9);
+    EXPECT_EQ(h.limit, 1);
+
+    Frame t = parse_ok(parser, R"({"type":"typing","to":"bob"})");
+    EXPECT_EQ(t.type, FrameType::typing);
+    EXPECT_FALSE(t.typing_stop);
+    t = parse_ok(parser, R"({"type":"typing","to":"bob","state":"stop"})");
+    EXPECT_TRUE(t.typing_stop);
+    t = parse_ok(parser, R"({"type":"typing","to":"bob","state":"start"})");
+    EXPECT_FALSE(t.typing_stop);
+
+    Frame r = parse_ok(parser, R"({"type":"read","upto":7})");
+    EXPECT_EQ(r.type, FrameType::read);
+    EXPECT_EQ(r.upto, 7);
+
+    Frame q = parse_ok(parser, R"({"type":"receipts","seqs":[3,1,3]})");
+    EXPECT_EQ(q.type, FrameType::receipts);
+    EXPECT_EQ(q.seqs, (std::vector<int64_t>{3, 1, 3}));
+    std::string hundred = R"({"type":"receipts","seqs":[1)";
+    for (int i = 2; i <= 100; ++i)
+        hundred += "," + std::to_string(i);
+    q = parse_ok(parser, hundred + "]}");
+    EXPECT_EQ(q.seqs.size(), 100u);
+
+    Frame he = parse_ok(parser, R"({"type":"hello","events":["typing","later",""]})");
+    EXPECT_TRUE(he.wants_typing);
+    EXPECT_FALSE(he.wants_receipts);
+    he = parse_ok(parser, R"({"type":"hello","events":["receipts"]})");
+    EXPECT_TRUE(he.wants_receipts);
+    EXPECT_FALSE(he.wants_typing);
+    he = parse_ok(parser, R"({"type":"hello","events":[]})");
+    EXPECT_FALSE(he.wants_receipts || he.wants_typing);
+
+    Frame st = parse_ok(parser, R"({"type":"settings"})");
+    EXPECT_EQ(st.type, FrameType::settings);
+    EXPECT_FALSE(st.has_read_receipts);
+    st = parse_ok(parser, R"({"type":"settings","read_receipts":false})");
+    EXPECT_TRUE(st.has_read_receipts);
+    EXPECT_FALSE(st.read_receipts);
+    // A later frame starts from a clean slate.
+    Frame again = parse_ok(parser, R"({"type":"settings"})");
+    EXPECT_FALSE(again.has_read_receipts);
+    EXPECT_TRUE(again.read_receipts);
+    EXPECT_TRUE(again.seqs.empty());
+}
+
+TEST(FrameParse, ConversationErrors) {
+    const std::string seq_of = " must be a seq (an integer >= 0)";
+    const std::string seqs_are = "an array of 1 to 100 seqs (integers >= 1)";
+    std::string many = R"({"type":"receipts","seqs":[1)";
+    for (int i = 2; i <= 101; ++i)
+        many += "," + std::to_string(i);
+    many += "]}";
+    const std::vector<ErrRow> rows = {
+        {"history before negative", R"({"type":"history","before":-1})", "\"before\"" + seq_of},
+        {"history before float", R"({"type":"history","before":2.5})", "\"before\"" + seq_of},
+        {"history after string", R"({"type":"history","after":"2"})", "\"after\"" + seq_of},
+        {"history both", R"({"type":"history","before":5,"after":1,"ref":"h"})",
+         "history takes \"before\" or \"after\", not both", "h"},
+        {"history limit over", R"({"type":"history","limit":501})",
+         "\"limit\" must be an integer 1..500, got 501"},
+        {"history limit zero", R"({"type":"history","limit":0})",
+         "\"limit\" must be an integer 1..500, got 0"},
+        {"history limit string", R"({"type":"history","limit":"9"})",
+         "\"limit\" must be an integer 1..500"},
+        {"history with number", R"({"type":"history","with":1})", "\"with\" must be a string"},
+        {"history with empty", R"({"type":"history","with":""})", "\"with\" must not be empty"},
+        {"typing without to", R"({"type":"typing"})",
+         "typing needs \"to\": a principal id or \"#group\""},
+        {"typing to empty", R"({"type":"typing","to":""})", "\"to\" must not be empty"},
+        {"typing bad state", R"({"type":"typing","to":"bob","state":"idle"})",
+         "\"state\" must be \"start\" or \"stop\""},
+        {"read without upto", R"({"type":"read"})",
+         "read needs \"upto\": the highest seq the principal read"},
+        {"read negative", R"({"type":"read","upto":-3})", "\"upto\" must be an integer >= 0"},
+        {"receipts without seqs", R"({"type":"receipts"})", "receipts needs \"seqs\": " + seqs_are},
+        {"receipts object", R"({"type":"receipts","seqs":{}})", "\"seqs\" must be " + seqs_are},
+        {"receipts empty", R"({"type":"receipts","seqs":[]})",
+         "\"seqs\" must be " + seqs_are + ", got 0 seqs"},
+        {"receipts 101", many, "\"seqs\" must be " + seqs_are + ", got 101 seqs"},
+        {"receipts zero", R"({"type":"receipts","seqs":[4,0]})",
+         "\"seqs[1]\" must be a seq (an integer >= 1)"},
+        {"receipts null", R"({"type":"receipts","seqs":[null]})",
+         "\"seqs[0]\" must be a seq (an integer >= 1)"},
+        {"settings not bool", R"({"type":"settings","read_receipts":1})",
+         "\"read_receipts\" must be true or false"},
+        {"hello events not a list", R"({"type":"hello","events":"typing"})",
+         "\"events\" must be an array of event names, e.g. [\"receipts\", \"typing\"]"},
+        {"hello event not a string", R"({"type":"hello","events":["typing",2]})",
+         "\"events[1]\" must be a string (an event name)"},
+    };
+    FrameParser parser(kMaxDepth);
+    run_errors(parser, rows);
 }
 
 } // namespace

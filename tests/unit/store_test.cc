@@ -2,9 +2,12 @@
 // fresh temp dir per test. Failures are injected from a second, raw sqlite3 connection on the
 // same file: one holding BEGIN IMMEDIATE (the store's BEGIN gets SQLITE_BUSY), or a trigger
 // that aborts inserts into one principal's log (a statement fails in the middle of a batch).
+#include "store/reader.h"
 #include "store/store.h"
 
 #include <algorithm>
+#include <atomic>
+#include <functional>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +19,7 @@
 #include <string>
 #include <sys/stat.h>
 #include <utility>
+#include <uv.h>
 #include <vector>
 
 namespace meshd::store {
@@ -121,6 +125,11 @@ std::vector<std::string> names_of(const std::vector<Principal*>& ps) {
     std::sort(out.begin(), out.end());
     return out;
 }
+
+// What migrations 4 to 6 (retention's log by message, the directory, read markers and
+// settings) added: dropped to fake an older store.
+constexpr const char* kDropNewerSchemas = "DROP TABLE read_markers; DROP TABLE principal_settings; "
+                                          "DROP TABLE profiles; DROP INDEX log_mid; ";
 
 const std::string kBusyMessage =
     "storage cannot take the write now (begin: database is locked); nothing was stored, "
@@ -1528,9 +1537,9 @@ TEST_F(StoreTest, SchemaOneIsMigratedKeepingItsData) {
     {
         // What a store written by schema 1 (meshd before groups) looks like.
         RawDb raw(db_file());
-        ASSERT_EQ(raw.exec("DROP TABLE profiles; DROP INDEX log_mid; DROP TABLE keys; "
-                           "DROP TABLE group_members; "
-                           "DROP TABLE groups; PRAGMA user_version=1"),
+        ASSERT_EQ(raw.exec(std::string(kDropNewerSchemas) +
+                           "DROP TABLE keys; DROP TABLE group_members; DROP TABLE groups; "
+                           "PRAGMA user_version=1"),
                   "");
     }
     open();
@@ -1700,8 +1709,8 @@ TEST_F(StoreTest, SchemaTwoIsMigratedKeepingItsData) {
     {
         // What a store written by schema 2 (meshd before ed25519 keys) looks like.
         RawDb raw(db_file());
-        ASSERT_EQ(raw.exec("DROP TABLE profiles; DROP INDEX log_mid; DROP TABLE keys; "
-                           "PRAGMA user_version=2"), "");
+        ASSERT_EQ(raw.exec(std::string(kDropNewerSchemas) + "DROP TABLE keys; PRAGMA user_version=2"),
+                  "");
     }
     open();
     EXPECT_EQ(p("bob")->committed_head, 1);
@@ -1852,6 +1861,276 @@ TEST_F(FailingLogTest, FailedBatchRestoresTheDirectory) {
     reopen();
     EXPECT_EQ(p("alice")->status, Status::busy);
     EXPECT_EQ(p("carol")->profile, nullptr);
+}
+
+} // namespace
+} // namespace meshd::store
+
+// ---- read markers, settings, delivered, the reader ----------------------------------------
+
+namespace meshd::store {
+namespace {
+
+TEST_F(StoreTest, ReadMarkerIsMonotonicStoredAndDeletedWithThePrincipal) {
+    open();
+    add_all({"alice", "bob"});
+    for (int i = 0; i < 3; ++i)
+        send(p("alice"), p("bob"), body_n(i));
+    commit_ok();
+    ASSERT_TRUE(store_->set_read_marker(*p("bob"), 2, kNow).ok());
+    ASSERT_TRUE(store_->set_read_marker(*p("bob"), 1, kNow).ok()); // lower: ignored
+    EXPECT_EQ(p("bob")->read_upto, 2);
+    commit_ok();
+    reopen();
+    EXPECT_EQ(p("bob")->read_upto, 2);
+    EXPECT_EQ(p("alice")->read_upto, 0);
+    ASSERT_TRUE(store_->delete_principal(p("bob")).ok());
+    commit_ok();
+    RawDb raw(db_file());
+    EXPECT_EQ(raw.scalar("SELECT COUNT(*) FROM read_markers"), 0);
+}
+
+TEST_F(StoreTest, ReadMarkerAndSettingAreRestoredWhenTheBatchFails) {
+    open();
+    add_all({"alice", "bob"});
+    send(p("alice"), p("bob"), body_n(1));
+    send(p("alice"), p("bob"), body_n(2));
+    commit_ok();
+    ASSERT_TRUE(store_->set_read_marker(*p("bob"), 1, kNow).ok());
+    commit_ok();
+    {
+        RawDb raw(db_file());
+        ASSERT_EQ(raw.exec("CREATE TRIGGER no_settings BEFORE INSERT ON principal_settings "
+                           "BEGIN SELECT RAISE(ABORT, 'injected'); END;"),
+                  "");
+    }
+    ASSERT_TRUE(store_->set_read_marker(*p("bob"), 2, kNow).ok());
+    EXPECT_EQ(p("bob")->read_upto, 2);
+    EXPECT_FALSE(store_->set_read_receipts(*p("bob"), false).ok());
+    EXPECT_EQ(commit_error().code, "unavailable");
+    EXPECT_EQ(p("bob")->read_upto, 1);
+    EXPECT_TRUE(p("bob")->read_receipts);
+    {
+        RawDb raw(db_file());
+        ASSERT_EQ(raw.exec("DROP TRIGGER no_settings"), "");
+    }
+    ASSERT_TRUE(store_->set_read_receipts(*p("bob"), false).ok());
+    commit_ok();
+    reopen();
+    EXPECT_FALSE(p("bob")->read_receipts);
+    EXPECT_TRUE(p("alice")->read_receipts);
+    EXPECT_EQ(p("bob")->read_upto, 1);
+    ASSERT_TRUE(store_->set_read_receipts(*p("bob"), true).ok());
+    commit_ok();
+    reopen();
+    EXPECT_TRUE(p("bob")->read_receipts);
+}
+
+TEST_F(StoreTest, DeliveredIsTheHighestCursorAndForgettingADeviceLowersIt) {
+    open();
+    add_all({"alice", "bob"});
+    for (int i = 0; i < 5; ++i)
+        send(p("alice"), p("bob"), body_n(i));
+    commit_ok();
+    Principal& bob = *p("bob");
+    store_->set_cursor(bob, "desk", 3);
+    store_->set_cursor(bob, "pad", 5);
+    store_->set_cursor(bob, "desk", 4);
+    EXPECT_EQ(bob.delivered_upto, 5);
+    commit_ok();
+    reopen();
+    EXPECT_EQ(p("bob")->delivered_upto, 5);
+    ASSERT_TRUE(store_->forget_device(*p("bob"), "pad").ok());
+    EXPECT_EQ(p("bob")->delivered_upto, 4);
+    commit_ok();
+}
+
+TEST_F(StoreTest, MessagesCarryTheirSenderAndItsSeqInTailAndPages) {
+    open();
+    add_all({"alice", "bob"});
+    send(p("bob"), p("alice"), body_n(0));
+    AppendResult r = send(p("alice"), p("bob"), body_n(1));
+    commit_ok();
+    ASSERT_EQ(r.sender_seq, 2);
+    const LogEntry& e = p("bob")->tail.back();
+    EXPECT_EQ(e.seq, 2);
+    EXPECT_EQ(e.msg->sender_pid, p("alice")->pid);
+    EXPECT_EQ(e.msg->sender_seq, 2);
+    auto rows = page(*p("bob"), 2);
+    ASSERT_EQ(rows.size(), 1u);
+    EXPECT_EQ(rows[0].msg->sender_pid, p("alice")->pid);
+    EXPECT_EQ(rows[0].msg->sender_seq, 2);
+    EXPECT_EQ(store_->find_pid(p("alice")->pid), p("alice"));
+    EXPECT_EQ(store_->find_pid(12345), nullptr);
+}
+
+// Runs reader jobs on a loop of the test's own until their `done` ran.
+class ReaderTest : public StoreTest {
+  protected:
+    void SetUp() override {
+        StoreTest::SetUp();
+        ASSERT_EQ(uv_loop_init(&loop_), 0);
+        // The reader's uv_async does not keep a loop alive: this timer does while waiting.
+        uv_timer_init(&loop_, &keepalive_);
+    }
+    void TearDown() override {
+        if (reader_)
+            reader_->shutdown();
+        reader_.reset();
+        uv_close(reinterpret_cast<uv_handle_t*>(&keepalive_), nullptr);
+        uv_run(&loop_, UV_RUN_DEFAULT);
+        EXPECT_EQ(uv_loop_close(&loop_), 0) << "a uv handle was left open";
+        StoreTest::TearDown();
+    }
+    void start(size_t threads = 2) {
+        auto r = Reader::open(&loop_, db_file(), threads);
+        ASSERT_TRUE(r.ok()) << r.error().message;
+        reader_ = std::move(r.value());
+    }
+    // Runs fn on a reader thread and waits (on the loop) for its done.
+    void on_reader(std::function<void(ReadConn&)> fn) {
+        bool done = false;
+        reader_->submit(std::move(fn), [&] { done = true; });
+        uv_timer_start(&keepalive_, [](uv_timer_t*) {}, 10, 10);
+        while (!done)
+            uv_run(&loop_, UV_RUN_ONCE);
+        uv_timer_stop(&keepalive_);
+        EXPECT_EQ(reader_->pending(), 0u);
+    }
+    HistoryPage history(const HistoryQuery& q) {
+        HistoryPage out;
+        on_reader([&](ReadConn& c) {
+            auto r = c.history(q);
+            EXPECT_TRUE(r.ok()) << r.error().message;
+            if (r)
+                out = std::move(r.value());
+        });
+        return out;
+    }
+
+    uv_loop_t loop_{};
+    uv_timer_t keepalive_{};
+    std::unique_ptr<Reader> reader_;
+};
+
+TEST_F(ReaderTest, HistoryPagesBothWaysAcrossScanWindows) {
+    open();
+    add_all({"alice", "bob", "carol"});
+    // bob's log: 10,000 entries; every 1000th from carol, the rest from alice.
+    for (int i = 1; i <= 10000; ++i)
+        send(i % 1000 == 0 ? p("carol") : p("alice"), p("bob"), body_n(i % 100));
+    commit_ok();
+    start();
+    Principal& bob = *p("bob");
+    HistoryQuery q;
+    q.pid = bob.pid;
+    q.head = bob.committed_head;
+    q.bound = q.head + 1;
+    q.limit = 3;
+    HistoryPage page = history(q);
+    EXPECT_EQ(seqs_of(page.entries), (std::vector<int64_t>{9998, 9999, 10000}));
+    EXPECT_TRUE(page.more);
+    q.ascending = true;
+    q.bound = 9998;
+    page = history(q);
+    EXPECT_EQ(seqs_of(page.entries), (std::vector<int64_t>{9999, 10000}));
+    EXPECT_FALSE(page.more);
+    // A head below the log's end hides what is above it (not committed when asked).
+    q.head = 9999;
+    page = history(q);
+    EXPECT_EQ(seqs_of(page.entries), (std::vector<int64_t>{9999}));
+    EXPECT_FALSE(page.more);
+    q.head = bob.committed_head;
+    // One peer, sparse: the scan crosses many windows of Reader::scan_window seqs.
+    q.filter = HistoryQuery::Filter::peer;
+    q.self_pid = bob.pid;
+    q.self_name = "bob";
+    q.peer_pid = p("carol")->pid;
+    q.peer_name = "carol";
+    q.ascending = false;
+    q.bound = 10001;
+    q.limit = 4;
+    page = history(q);
+    EXPECT_EQ(seqs_of(page.entries), (std::vector<int64_t>{7000, 8000, 9000, 10000}));
+    EXPECT_TRUE(page.more);
+    q.bound = 7000;
+    q.limit = 500;
+    page = history(q);
+    EXPECT_EQ(seqs_of(page.entries),
+              (std::vector<int64_t>{1000, 2000, 3000, 4000, 5000, 6000}));
+    EXPECT_FALSE(page.more);
+    EXPECT_EQ(page.entries[0].msg->from, "carol");
+    EXPECT_EQ(page.entries[0].msg->to, "bob");
+    // The byte cap cuts a page short; more says there is the rest.
+    q.filter = HistoryQuery::Filter::none;
+    q.bound = 101;
+    q.limit = 100;
+    q.max_bytes = 30; // bodies are 10 bytes: three fit
+    page = history(q);
+    EXPECT_EQ(seqs_of(page.entries), (std::vector<int64_t>{98, 99, 100}));
+    EXPECT_TRUE(page.more);
+}
+
+TEST_F(ReaderTest, SentMessagesWithTheirCopiesAndDirectSenders) {
+    open();
+    add_all({"alice", "bob", "carol"});
+    Principal* abc[] = {p("alice"), p("bob"), p("carol")};
+    ASSERT_TRUE(store_->group_add("team", abc, kNow).ok());
+    send(p("carol"), p("bob"), body_n(0));                       // bob 1
+    send(p("alice"), p("bob"), body_n(1));                       // alice 1, bob 2
+    Principal* team[] = {p("alice"), p("bob"), p("carol")};
+    ASSERT_TRUE(store_->append(p("alice"), "#team", team, "1", "", kNow).ok()); // a 2 b 3 c 2
+    send(p("alice"), p("bob"), body_n(2));                       // alice 3, bob 4
+    send(p("carol"), p("bob"), body_n(3));                       // bob 5
+    commit_ok();
+    start(1);
+    int64_t alice = p("alice")->pid, bob = p("bob")->pid, carol = p("carol")->pid;
+    on_reader([&](ReadConn& c) {
+        std::vector<int64_t> seqs = {1, 2, 3, 9};
+        auto r = c.sent(alice, 3, seqs);
+        ASSERT_TRUE(r.ok()) << r.error().message;
+        ASSERT_EQ(r->size(), 3u);
+        EXPECT_EQ((*r)[0].to, "bob");
+        ASSERT_EQ((*r)[0].copies.size(), 1u);
+        EXPECT_EQ((*r)[0].copies[0].pid, bob);
+        EXPECT_EQ((*r)[0].copies[0].seq, 2);
+        EXPECT_EQ((*r)[1].to, "#team");
+        EXPECT_EQ((*r)[1].copies.size(), 2u);
+        EXPECT_EQ((*r)[2].seq, 3);
+        // bob's log: entries he received are not his sends.
+        auto none = c.sent(bob, 5, seqs);
+        ASSERT_TRUE(none.ok());
+        EXPECT_TRUE(none->empty());
+        // Direct messages to bob in 1..5 by sender, as seqs of the sender's log: alice's
+        // newest is her 3; carol's is her 3 too (1: her first send, 2: the #team copy).
+        auto senders = c.direct_senders(bob, "bob", 0, 5);
+        ASSERT_TRUE(senders.ok());
+        std::sort(senders->begin(), senders->end(),
+                  [](const SenderMax& a, const SenderMax& b) { return a.sender_pid < b.sender_pid; });
+        ASSERT_EQ(senders->size(), 2u);
+        EXPECT_EQ((*senders)[0].sender_pid, alice);
+        EXPECT_EQ((*senders)[0].sender_seq, 3);
+        EXPECT_EQ((*senders)[1].sender_pid, carol);
+        EXPECT_EQ((*senders)[1].sender_seq, 3);
+        auto early = c.direct_senders(bob, "bob", 0, 3);
+        ASSERT_TRUE(early.ok());
+        ASSERT_EQ(early->size(), 2u);
+    });
+}
+
+TEST_F(ReaderTest, ShutdownDropsPendingJobsAndClosesItsHandle) {
+    open();
+    add_all({"alice"});
+    start(1);
+    bool ran_done = false;
+    std::atomic<int> started{0};
+    for (int i = 0; i < 50; ++i)
+        reader_->submit([&](ReadConn&) { ++started; }, [&] { ran_done = true; });
+    reader_->shutdown();
+    reader_->submit([](ReadConn&) {}, [&] { ran_done = true; }); // after: dropped
+    uv_run(&loop_, UV_RUN_NOWAIT);
+    EXPECT_FALSE(ran_done);
+    EXPECT_EQ(reader_->pending(), 0u);
 }
 
 } // namespace
