@@ -113,7 +113,7 @@ void check_frame(const Frame& f, std::string_view text) {
               f.epoch.size() <= 256 && f.to.size() <= 256 && f.id.size() <= 1024,
           "string fields respect their length limits");
     check(f.resume_seq >= 0 && f.upto >= 0, "seqs are never negative");
-    for (std::string_view v : {f.status, f.note, f.skill, f.kind, f.after})
+    for (std::string_view v : {f.status, f.note, f.skill, f.kind, f.who_after, f.with})
         touch(v);
     check(f.note.size() <= meshd::store::max_note_bytes, "a note is at most 200 bytes");
     check(f.limit >= 1 && f.limit <= meshd::session::who_max_limit, "who limit is 1..500");
@@ -129,7 +129,8 @@ void check_frame(const Frame& f, std::string_view text) {
         break;
     case FrameType::unknown:
         for (std::string_view known :
-             {"hello", "auth", "send", "ack", "watch", "status", "profile", "who"})
+             {"hello", "auth", "send", "ack", "watch", "status", "profile", "who", "history",
+              "typing", "read", "receipts", "settings"})
             check(f.type_name != known, "a known type name never gives FrameType::unknown");
         break;
     case FrameType::watch:
@@ -163,6 +164,30 @@ void check_frame(const Frame& f, std::string_view text) {
         minified(p.json); // aborts unless it is valid JSON
         break;
     }
+    case FrameType::history:
+        check(f.type_name == "history", "type history comes from \"history\"");
+        check(!(f.has_before && f.has_after), "history never has both before and after");
+        check(f.before >= 0 && f.after >= 0, "history bounds are never negative");
+        check(!f.has_with || !f.with.empty(), "a given with is never empty");
+        break;
+    case FrameType::typing:
+        check(f.type_name == "typing", "type typing comes from \"typing\"");
+        check(!f.to.empty(), "an accepted typing has a non-empty to");
+        break;
+    case FrameType::read:
+        check(f.type_name == "read", "type read comes from \"read\"");
+        break;
+    case FrameType::receipts:
+        check(f.type_name == "receipts", "type receipts comes from \"receipts\"");
+        check(!f.seqs.empty() && f.seqs.size() <= meshd::session::max_receipt_seqs,
+              "receipts asks for 1..100 seqs");
+        for (int64_t seq : f.seqs)
+            check(seq >= 1, "every asked seq is >= 1");
+        break;
+    case FrameType::settings:
+        check(f.type_name == "settings", "type settings comes from \"settings\"");
+        check(f.has_read_receipts || f.read_receipts, "read_receipts defaults to on");
+        break;
     case FrameType::send:
         check(f.type_name == "send", "type send comes from \"send\"");
         check(!f.to.empty(), "an accepted send has a non-empty to");
@@ -180,7 +205,11 @@ bool same_fields(const Frame& a, const Frame& b) {
            a.has_device == b.has_device && a.device == b.device && a.claimed_id == b.claimed_id &&
            a.epoch == b.epoch && a.has_epoch == b.has_epoch && a.resume == b.resume &&
            a.resume_seq == b.resume_seq && a.to == b.to && a.body == b.body &&
-           a.has_id == b.has_id && a.id == b.id && a.upto == b.upto;
+           a.has_id == b.has_id && a.id == b.id && a.upto == b.upto && a.limit == b.limit &&
+           a.has_with == b.has_with && a.with == b.with && a.has_before == b.has_before &&
+           a.before == b.before && a.has_after == b.has_after && a.after == b.after &&
+           a.seqs == b.seqs && a.typing_stop == b.typing_stop &&
+           a.has_read_receipts == b.has_read_receipts && a.read_receipts == b.read_receipts;
 }
 
 void check_scan(std::string_view input) {
