@@ -85,6 +85,9 @@ Commands:
   hide NAME                leave NAME out of the directory clients see (who); it can still
                            be sent to and watched
   unhide NAME              list NAME in the directory again
+  tasks [--state S] [--skill K]
+                           list tracked tasks (work sent to skill:K with "task"), newest
+                           first: state, skill, sender, agent, age, deadline
   reload                   re-read the config file, apply what can change live
   help                     show this help
 
@@ -245,6 +248,7 @@ struct Options {
     bool online = false;
     std::optional<std::string> skill; // who --skill
     std::optional<std::string> kind;  // who --kind
+    std::optional<std::string> state; // tasks --state
     bool help = false;
     bool version = false;
     std::vector<std::string> words;
@@ -287,7 +291,8 @@ Options parse_args(int argc, char** argv) {
             return true;
         };
         if (take_value("--socket", opt.socket) || take_value("--config", opt.config) ||
-            take_value("--skill", opt.skill) || take_value("--kind", opt.kind))
+            take_value("--skill", opt.skill) || take_value("--kind", opt.kind) ||
+            take_value("--state", opt.state))
             continue;
         if (arg == "--json")
             opt.json = true;
@@ -323,6 +328,7 @@ enum class Command {
     group_remove,
     sessions,
     who,
+    tasks,
     hide,
     unhide,
     reload,
@@ -370,6 +376,9 @@ std::optional<Failure> parse_command(const Options& opt, Invocation& inv) {
     } else if (first == "who") {
         inv.command = Command::who;
         err = no_more(1, "who");
+    } else if (first == "tasks") {
+        inv.command = Command::tasks;
+        err = no_more(1, "tasks");
     } else if (first == "hide" || first == "unhide") {
         inv.command = first == "hide" ? Command::hide : Command::unhide;
         if (w.size() < 2)
@@ -471,15 +480,16 @@ std::optional<Failure> parse_command(const Options& opt, Invocation& inv) {
         return usage_error("unknown command \"" + printable(first) +
                            "\"; commands: status, user add|list|del|token, device list|forget, "
                            "key add|list|revoke, group add|list|del|remove, sessions, who, "
-                           "hide, unhide, reload");
+                           "hide, unhide, tasks, reload");
     }
     if (!err && opt.agent && inv.command != Command::user_add)
         err = usage_error("--agent only applies to user add");
-    if (!err && (opt.skill || opt.kind || opt.online) && inv.command != Command::who)
-        err = usage_error(std::string(opt.skill  ? "--skill"
-                                      : opt.kind ? "--kind"
-                                                 : "--online") +
-                          " only applies to who");
+    if (!err && opt.skill && inv.command != Command::who && inv.command != Command::tasks)
+        err = usage_error("--skill only applies to who and tasks");
+    if (!err && (opt.kind || opt.online) && inv.command != Command::who)
+        err = usage_error(std::string(opt.kind ? "--kind" : "--online") + " only applies to who");
+    if (!err && opt.state && inv.command != Command::tasks)
+        err = usage_error("--state only applies to tasks");
     if (!err && opt.kind && *opt.kind != "user" && *opt.kind != "agent")
         err = usage_error("--kind must be user or agent, got \"" + printable(*opt.kind) + "\"");
     return err;
@@ -549,6 +559,17 @@ std::string build_request(const Invocation& inv, const Options& opt) {
         }
         if (opt.online)
             req += R"(,"online":true)";
+        break;
+    case Command::tasks:
+        json_append_string(req, "tasks");
+        if (opt.state) {
+            req += R"(,"state":)";
+            json_append_string(req, *opt.state);
+        }
+        if (opt.skill) {
+            req += R"(,"skill":)";
+            json_append_string(req, *opt.skill);
+        }
         break;
     case Command::hide:
         json_append_string(req, "hide");
@@ -1123,6 +1144,24 @@ std::string render_who(element r) {
                         {false, false, false, false, false, false, false}, rows);
 }
 
+// Tracked tasks, newest first, as the daemon listed them.
+std::string render_tasks(element r) {
+    std::vector<std::vector<std::string>> rows;
+    int64_t now = now_ms();
+    for (element t : get_array(r, "tasks")) {
+        std::optional<int64_t> created = get_int(t, "created_ms");
+        std::optional<int64_t> deadline = get_int(t, "deadline_ms");
+        rows.push_back({int_or(t, "id"), str_or(t, "state"), str_or(t, "skill"), str_or(t, "from"),
+                        str_or(t, "agent", "-"),
+                        created ? format_duration_s((now - *created) / 1000) : "?",
+                        deadline ? format_utc(*deadline) : "-"});
+    }
+    if (rows.empty())
+        return "no tasks match\n";
+    return render_table({"ID", "STATE", "SKILL", "FROM", "AGENT", "AGE", "DEADLINE (UTC)"},
+                        {true, false, false, false, false, true, false}, rows);
+}
+
 std::string render_hide(element r, const Invocation& inv) {
     std::string id = str_or(r, "id", inv.name.c_str());
     if (inv.command == Command::hide)
@@ -1249,6 +1288,8 @@ int handle_response(const Options& opt, const Invocation& inv, const SocketChoic
         return finish(render_reload(result));
     case Command::who:
         return finish(render_who(result));
+    case Command::tasks:
+        return finish(render_tasks(result));
     case Command::hide:
     case Command::unhide:
         return finish(render_hide(result, inv));

@@ -113,6 +113,8 @@ class Daemon {
         broker_ = std::make_unique<session::Broker>(
             loop_, *store_, *reader_, *modules_, session::BrokerLimits::from(*config_),
             transport::write_headroom(), std::string("meshd/") + MESHD_VERSION);
+        // No agent is connected yet: the leases of the tasks they held start now.
+        broker_->dispatcher().start(core::wall_ms());
 
         auto ws = transport::WsServer::start(loop_, *config_, *broker_);
         if (!ws)

@@ -634,6 +634,69 @@ void cmd_who(CommandContext& ctx, const control::Request& req, const Reply& repl
     reply(ok(r));
 }
 
+// ---- work dispatch -----------------------------------------------------------------------
+
+// Tracked tasks, newest first, optionally of one state and one skill (at most 1000).
+void cmd_tasks(CommandContext& ctx, const control::Request& req, const Reply& reply) {
+    store::TaskFilter filter;
+    if (std::string_view state = req.arg("state"); !state.empty()) {
+        filter.state = store::parse_task_state(state);
+        if (!filter.state) {
+            reply(fail("bad_request", "state " + session::shown_value(state) +
+                                          " is not a task state: queued, assigned, working, "
+                                          "done, failed, expired or canceled"));
+            return;
+        }
+    }
+    if (std::string_view skill = req.arg("skill"); !skill.empty()) {
+        auto canonical = session::canonical_skill(skill);
+        if (!canonical) {
+            reply(fail("bad_request", "skill " + session::shown_value(skill) +
+                                          " is not a skill name: use 1-64 of a-z 0-9 . _ -"));
+            return;
+        }
+        filter.skill = std::move(*canonical);
+    }
+    auto rows = ctx.store.list_tasks(filter);
+    if (!rows) {
+        reply(fail(rows.error().code, rows.error().message));
+        return;
+    }
+    std::string r = R"({"tasks":[)";
+    bool first = true;
+    for (const store::TaskRow& row : *rows) {
+        const store::Task& t = row.task;
+        if (!first)
+            r += ',';
+        first = false;
+        r += '{';
+        field_int(r, "id", t.id, true);
+        field(r, "state", store::to_string(t.state));
+        field(r, "skill", t.skill);
+        field(r, "from", row.sender);
+        r += R"(,"agent":)";
+        if (row.agent.empty())
+            r += "null";
+        else
+            core::json_append_string(r, row.agent);
+        field_int(r, "created_ms", t.created_ms);
+        field_int(r, "updated_ms", t.updated_ms);
+        r += R"(,"deadline_ms":)";
+        if (t.deadline_ms > 0)
+            core::json_append_int(r, t.deadline_ms);
+        else
+            r += "null";
+        r += R"(,"lease_until_ms":)";
+        if (t.lease_until_ms > 0)
+            core::json_append_int(r, t.lease_until_ms);
+        else
+            r += "null";
+        r += '}';
+    }
+    r += "]}";
+    reply(ok(r));
+}
+
 void cmd_hide(CommandContext& ctx, std::string_view name, bool hidden, const Reply& reply) {
     store::Principal* p = principal_arg(ctx, name, reply);
     if (!p)
@@ -726,6 +789,8 @@ void handle_command(CommandContext& ctx, std::string_view line, Reply reply) {
         cmd_who(ctx, req, reply);
     else if (cmd == "hide" || cmd == "unhide")
         cmd_hide(ctx, arg("name"), cmd == "hide", reply);
+    else if (cmd == "tasks")
+        cmd_tasks(ctx, req, reply);
     else if (cmd == "reload")
         cmd_reload(ctx, reply);
     else

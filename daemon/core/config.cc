@@ -515,7 +515,8 @@ constexpr KeySpec key_table[] = {
      .help = "directory the modules are loaded from, as DIR/NAME.so",
      .set = set_path<&Config::modules_dir>, .same = same_member<&Config::modules_dir>},
     {.name = "modules.load", .kind = Kind::module_list,
-     .default_toml = R"(["auth_token", "auth_ed25519", "route_direct", "route_groups"])",
+     .default_toml =
+         R"(["auth_token", "auth_ed25519", "route_direct", "route_groups", "route_skills"])",
      .help = "modules to load, in order",
      .set = set_module_list, .same = same_member<&Config::modules_load>},
     {.name = "limits.max_frame", .kind = Kind::integer,
@@ -618,6 +619,22 @@ constexpr KeySpec key_table[] = {
              "and conversation; more are dropped",
      .set = set_integer<&Config::typing_interval_ms>,
      .same = same_member<&Config::typing_interval_ms>},
+    {.name = "tasks.lease_s", .kind = Kind::integer,
+     .default_toml = "60", .min = 1, .max = 604800, .reloadable = true,
+     .help = "seconds an agent whose devices all disconnected keeps its unfinished tasks; "
+             "then they go back to the skill's queue",
+     .set = set_integer<&Config::task_lease_s>, .same = same_member<&Config::task_lease_s>},
+    {.name = "tasks.queue_cap", .kind = Kind::integer,
+     .default_toml = "10000", .min = 1, .max = 10000000, .reloadable = true,
+     .help = "messages that may wait in one skill's queue; a send past it gets error "
+             "rate_limited",
+     .set = set_integer<&Config::task_queue_cap>, .same = same_member<&Config::task_queue_cap>},
+    {.name = "tasks.queue_ttl_s", .kind = Kind::integer,
+     .default_toml = "86400", .min = 1, .max = 31536000, .reloadable = true,
+     .help = "seconds a message may wait in a skill's queue; then it expires and its sender is "
+             "told",
+     .set = set_integer<&Config::task_queue_ttl_s>,
+     .same = same_member<&Config::task_queue_ttl_s>},
 };
 // clang-format on
 

@@ -83,6 +83,10 @@ struct Config {
     int64_t history_max_inflight = 4;
     // [typing]
     int64_t typing_interval_ms = 1000;
+    // [tasks]
+    int64_t task_lease_s = 60;
+    int64_t task_queue_cap = 10000;
+    int64_t task_queue_ttl_s = 86400;
 
     // Top-level tables named after a module in modules.load, handed to that module.
     std::map<std::string, ModuleTable, std::less<>> module_tables;

@@ -25,6 +25,7 @@ struct meshd_route_out {
     meshd::store::Store* store;
     std::vector<meshd::store::Principal*>* recipients;
     std::string* canonical_to;
+    std::string* skill; // set by meshd_host_route_skill
 };
 
 // A byte buffer meshd hands to a hook (an http response body, a metrics render).
@@ -312,13 +313,20 @@ RouteOutcome ModuleSet::route(const store::Principal& sender, std::string_view t
     for (const auto& m : modules_) {
         if (!m->desc->route)
             continue;
-        meshd_route_out out{m->store, &recipients, &canonical_to};
+        meshd_route_out out{m->store, &recipients, &canonical_to, &outcome.skill};
         meshd_route_result res{};
         meshd_verdict v = m->desc->route(m->state, &req, &out, &res);
         if (v == MESHD_PASS) {
             recipients.clear();
             canonical_to.clear();
+            outcome.skill.clear();
             continue;
+        }
+        if (v == MESHD_ALLOW && !outcome.skill.empty()) {
+            recipients.clear(); // the dispatcher picks the one recipient, or queues
+            canonical_to = "skill:" + outcome.skill;
+            outcome.ok = true;
+            return outcome;
         }
         if (v == MESHD_ALLOW && !recipients.empty()) {
             if (canonical_to.empty())
@@ -333,6 +341,49 @@ RouteOutcome ModuleSet::route(const store::Principal& sender, std::string_view t
     outcome.code = "unknown_peer";
     outcome.message = "no routing module knows the address '" + std::string(to) + "'";
     return outcome;
+}
+
+bool ModuleSet::has_assign() const {
+    for (const auto& m : modules_)
+        if (m->desc->assign)
+            return true;
+    return false;
+}
+
+int ModuleSet::assign(std::string_view skill, const store::Principal& sender, int64_t task,
+                      std::span<const AssignCandidate> candidates) {
+    if (candidates.empty())
+        return -1;
+    assign_scratch_.clear();
+    for (const AssignCandidate& c : candidates) {
+        meshd_assign_candidate m{};
+        m.name = c.principal->name.data();
+        m.name_len = c.principal->name.size();
+        m.open_tasks = static_cast<uint32_t>(c.open_tasks);
+        assign_scratch_.push_back(m);
+    }
+    meshd_assign_request req{};
+    req.skill = skill.data();
+    req.skill_len = skill.size();
+    req.sender = sender.name.data();
+    req.sender_len = sender.name.size();
+    req.task = task;
+    req.candidates = assign_scratch_.data();
+    req.count = assign_scratch_.size();
+    for (const auto& m : modules_) {
+        if (!m->desc->assign)
+            continue;
+        int chosen = m->desc->assign(m->state, &req);
+        if (chosen < -1 || chosen >= static_cast<int>(candidates.size())) {
+            MESHD_LOG(warn, "module.assign",
+                      "module=%s skill=%.*s chose %d of %zu candidates; work stays queued",
+                      m->name.c_str(), static_cast<int>(skill.size()), skill.data(), chosen,
+                      candidates.size());
+            return -1;
+        }
+        return chosen;
+    }
+    return -1;
 }
 
 CheckOutcome ModuleSet::check(const store::Principal& sender, std::string_view to,
@@ -726,6 +777,22 @@ MESHD_EXPORT int meshd_host_route_add_group(meshd_route_out* out, const char* gr
     out->recipients->insert(out->recipients->end(), g->members.begin(), g->members.end());
     *out->canonical_to = "#" + g->name;
     return static_cast<int>(g->members.size());
+}
+
+MESHD_EXPORT int meshd_host_route_skill(meshd_route_out* out, const char* skill, size_t len) {
+    if (!out || !skill || !out->skill)
+        return -1;
+    auto canonical = meshd::core::canonical_principal(std::string_view(skill, len));
+    if (!canonical)
+        return -1;
+    int agents = 0;
+    if (const auto* listed = out->store->principals_with_skill(*canonical))
+        for (const auto& [name, p] : *listed)
+            if (p->kind == meshd::store::Kind::agent)
+                ++agents;
+    if (agents > 0)
+        *out->skill = std::move(*canonical);
+    return agents;
 }
 
 MESHD_EXPORT int meshd_host_group_has_member(meshd_host* host, const char* group, size_t group_len,

@@ -12,6 +12,7 @@
 #include "store/store.h"
 
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <uv.h>
@@ -49,6 +50,9 @@ struct AuthOutcome {
 
 struct RouteOutcome {
     bool ok = false;
+    // A send to "skill:NAME" a module accepted (meshd_host_route_skill): the canonical skill.
+    // No recipients then; the dispatcher assigns the work or queues it.
+    std::string skill;
     std::string code; // error code when !ok: unknown_peer, forbidden, ...
     std::string message;
 };
@@ -58,6 +62,12 @@ struct CheckOutcome {
     std::string code;
     std::string message;
     uint32_t retry_after_ms = 0;
+};
+
+// An agent that could take work for a skill (meshd_assign_candidate).
+struct AssignCandidate {
+    store::Principal* principal = nullptr;
+    size_t open_tasks = 0;
 };
 
 struct ModuleInfo {
@@ -116,6 +126,11 @@ class ModuleSet {
                        std::vector<store::Principal*>& recipients, std::string& canonical_to);
     CheckOutcome check(const store::Principal& sender, std::string_view to, std::string_view body,
                        size_t recipients);
+    // Work for `skill` can go to one of `candidates` (in name order): the index the first
+    // module with an assign hook picks, or -1 (no such module, or it leaves the work queued).
+    bool has_assign() const;
+    int assign(std::string_view skill, const store::Principal& sender, int64_t task,
+               std::span<const AssignCandidate> candidates);
     // A connection from remote_ip (no port) was opened; the first DENY refuses it. The code
     // defaults to rate_limited.
     CheckOutcome accept(std::string_view remote_ip);
@@ -142,6 +157,7 @@ class ModuleSet {
     std::vector<std::unique_ptr<LoadedModule>> modules_;
     std::vector<HttpListen> http_listens_;
     bool has_stored_ = false;
+    std::vector<meshd_assign_candidate> assign_scratch_;
 };
 
 } // namespace meshd::router

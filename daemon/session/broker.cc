@@ -28,6 +28,9 @@ BrokerLimits BrokerLimits::from(const core::Config& c) {
     l.max_profile_bytes = static_cast<size_t>(c.max_profile_bytes);
     l.history_max_inflight = static_cast<size_t>(c.history_max_inflight);
     l.typing_interval_ms = static_cast<uint64_t>(c.typing_interval_ms);
+    l.task_lease_ms = static_cast<uint64_t>(c.task_lease_s) * 1000;
+    l.task_queue_cap = static_cast<size_t>(c.task_queue_cap);
+    l.task_queue_ttl_ms = static_cast<uint64_t>(c.task_queue_ttl_s) * 1000;
     return l;
 }
 
@@ -64,7 +67,7 @@ namespace {
 // The error codes of the protocol contract (meshd-protocol(7), ERRORS).
 constexpr std::string_view contract_error_codes[] = {
     "bad_frame",    "unknown_type", "unknown_peer",   "forbidden",   "rate_limited", "too_large",
-    "unauthorized", "conflict",     "resume_invalid", "unavailable", "internal",
+    "unauthorized", "conflict",     "resume_invalid", "unavailable", "internal",     "not_found",
 };
 
 // Codes beyond the contract's (a module's own) that get a series of their own; the rest are
@@ -111,6 +114,15 @@ void Broker::register_metrics() {
         "meshd_read_duration_seconds",
         "Time a history or receipts read took on a reader thread (off the event loop).",
         read_buckets);
+    const char* tasks_help = "Work sent to skill:NAME, by what happened: sent (stored), "
+                             "assigned to an agent, requeued (a lease ran out), expired.";
+    metrics_.tasks_sent = core::core_counter("meshd_tasks_total", tasks_help, "event=\"sent\"");
+    metrics_.tasks_assigned =
+        core::core_counter("meshd_tasks_total", tasks_help, "event=\"assigned\"");
+    metrics_.tasks_requeued =
+        core::core_counter("meshd_tasks_total", tasks_help, "event=\"requeued\"");
+    metrics_.tasks_expired =
+        core::core_counter("meshd_tasks_total", tasks_help, "event=\"expired\"");
 
     core::Gauge connections =
         core::core_gauge("meshd_connections", "Open WebSocket connections, logged in or not.");
@@ -200,11 +212,15 @@ void Broker::forget(Session& s) {
 }
 
 PresenceEntry* Broker::register_live(Session& s) {
-    live_[s.principal()->pid].push_back(&s);
+    auto& live = live_[s.principal()->pid];
+    live.push_back(&s);
     ++live_by_kind_[s.principal()->kind == store::Kind::agent ? 1 : 0];
     if (s.wants_receipts())
         ++receipt_sessions_;
-    return presence_.session_ready(s);
+    PresenceEntry* entry = presence_.session_ready(s);
+    if (live.size() == 1)
+        dispatcher_.came_online(*s.principal());
+    return entry;
 }
 
 void Broker::unregister_live(Session& s) {
@@ -217,8 +233,10 @@ void Broker::unregister_live(Session& s) {
         if (s.wants_receipts())
             --receipt_sessions_;
     }
-    if (it->second.empty())
+    if (it->second.empty()) {
         live_.erase(it);
+        dispatcher_.went_offline(*s.principal());
+    }
 }
 
 Session* Broker::find_connection(uint64_t conn_id) const {
@@ -383,6 +401,7 @@ void Broker::tick() {
     }
     presence_.tick(now);
     modules_.tick(core::wall_ms());
+    dispatcher_.tick(core::wall_ms());
     // Retention in small steps, with the next commit; a device behind what it deleted gets a
     // `gap` frame (Session::next_frame).
     if (store_.retention_enabled())

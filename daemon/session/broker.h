@@ -17,6 +17,7 @@
 #include "core/metrics.h"
 #include "core/uv_handle.h"
 #include "router/modules.h"
+#include "session/dispatch.h"
 #include "session/frame.h"
 #include "session/presence.h"
 #include "session/session.h"
@@ -49,6 +50,9 @@ struct BrokerLimits {
     size_t max_profile_bytes = 8192;
     size_t history_max_inflight = 4; // history and receipts queries per connection
     uint64_t typing_interval_ms = 1000;
+    uint64_t task_lease_ms = 60000;
+    size_t task_queue_cap = 10000;
+    uint64_t task_queue_ttl_ms = 86400000;
     static BrokerLimits from(const core::Config& config);
 };
 
@@ -91,6 +95,7 @@ class Broker {
     // The connection with this id (Session::conn_id), or null once it is gone.
     Session* find_connection(uint64_t conn_id) const;
     Presence& presence() { return presence_; }
+    Dispatcher& dispatcher() { return dispatcher_; }
 
     // ---- for sessions ----
     store::Store& store() { return store_; }
@@ -138,6 +143,10 @@ class Broker {
         core::Counter events_dropped_receipt;
         core::Counter history_reads;         // history pages read
         core::Histogram read_seconds;        // time a reader job took, on its thread
+        core::Counter tasks_sent;            // sends to skill:NAME stored
+        core::Counter tasks_assigned;        // work given to an agent (again after a lease)
+        core::Counter tasks_requeued;        // held work back in the queue (lease ran out)
+        core::Counter tasks_expired;         // deadline or queue TTL passed
     };
     Metrics& metrics() { return metrics_; }
     // Counts an error frame sent to a client, by its code.
@@ -206,6 +215,7 @@ class Broker {
     core::UvCheck turn_end_;
     core::UvTimer ticker_;
     Presence presence_{*this};
+    Dispatcher dispatcher_{*this};
 
     size_t live_by_kind_[2] = {0, 0}; // ready sessions of users, of agents
     size_t receipt_sessions_ = 0;     // ready sessions that asked for receipts

@@ -242,6 +242,18 @@ FrameError FrameParser::parse(std::string_view text, Frame& out) {
             body_fallback_ = simdjson::minify(b.value_unsafe());
             out.body = body_fallback_;
         }
+        if (auto tv = obj["task"]; tv.error() == simdjson::SUCCESS) {
+            simdjson::dom::object task;
+            if (tv.get_object().get(task))
+                return error("bad_frame", "\"task\" must be an object, such as "
+                                          "{\"deadline\":<ms since the epoch>} or {}");
+            out.has_task = true;
+            if (auto d = task["deadline"]; d.error() == simdjson::SUCCESS && !d.is_null()) {
+                if (d.get_int64().get(out.deadline_ms) || out.deadline_ms < 1)
+                    return error("bad_frame", "\"task.deadline\" must be a time in milliseconds "
+                                              "since the Unix epoch (an integer >= 1)");
+            }
+        }
         return {};
     }
     if (type == "ack") {
@@ -395,6 +407,31 @@ FrameError FrameParser::parse(std::string_view text, Frame& out) {
             if (v.get_bool().get(out.read_receipts))
                 return error("bad_frame", "\"read_receipts\" must be true or false");
             out.has_read_receipts = true;
+        }
+        return {};
+    }
+    if (type == "task") {
+        out.type = FrameType::task;
+        auto v = obj["id"];
+        if (v.error() != simdjson::SUCCESS || v.get_int64().get(out.task_id) || out.task_id < 1)
+            return error("bad_frame", "task needs \"id\": the task's id (an integer >= 1)");
+        bool present = false;
+        if (auto e = get_string("state", out.task_state, present, 16))
+            return e;
+        if (!present || (out.task_state != "working" && out.task_state != "done" &&
+                         out.task_state != "failed" && out.task_state != "canceled"))
+            return error("bad_frame", "task needs \"state\": \"working\", \"done\", \"failed\" "
+                                      "or \"canceled\"");
+        if (auto e = get_string("reason", out.reason, out.has_reason, max_task_reason_bytes))
+            return e;
+        out.result = "null";
+        if (auto r = obj["result"]; r.error() == simdjson::SUCCESS) {
+            if (out.task_state != "done")
+                return error("bad_frame", "only a \"done\" task has a \"result\"");
+            if (!find_top_level_value(text, "result", out.result)) {
+                body_fallback_ = simdjson::minify(r.value_unsafe());
+                out.result = body_fallback_;
+            }
         }
         return {};
     }

@@ -16,13 +16,16 @@ namespace meshd::session {
 enum class FrameType {
     unknown, hello, auth, send, ack,
     watch, status, profile, who,              // presence and directory
-    history, typing, read, receipts, settings // conversations
+    history, typing, read, receipts, settings, // conversations
+    task                                        // work dispatch
 };
 
 // Protocol bounds of the conversation frames (meshd-protocol(7), CONVERSATIONS).
 inline constexpr int64_t default_history_limit = 50;
 inline constexpr int64_t max_history_limit = 500;
 inline constexpr size_t max_receipt_seqs = 100;
+// A task's failed or canceled reason.
+inline constexpr size_t max_task_reason_bytes = 200;
 
 struct Frame {
     FrameType type = FrameType::unknown;
@@ -56,6 +59,14 @@ struct Frame {
     std::string_view body; // raw JSON text of the value
     bool has_id = false;
     std::string_view id;
+    bool has_task = false;    // send: "task" (an object) opens a tracked task
+    int64_t deadline_ms = 0;  // send: task.deadline; 0: none
+    // task (the client's frame): id, state, result (raw JSON text; "null" when absent), reason
+    int64_t task_id = 0;
+    std::string_view task_state;
+    std::string_view result;
+    bool has_reason = false;
+    std::string_view reason;
     // ack, read
     int64_t upto = 0;
     // watch: every item is a string

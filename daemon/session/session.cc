@@ -36,12 +36,23 @@ void append_ack(std::string& buf, const auto& a) {
     core::json_append_int(buf, a.seq);
     if (a.dup)
         buf += R"(,"dup":true)";
+    buf += a.extra; // a send to a skill: ,"task":..,"state":..
     buf += '}';
 }
 
 // A log entry as the msg frame carries it; history pages carry the same objects.
 void append_msg(std::string& buf, int64_t seq, const store::MessageData& m) {
-    buf.reserve(buf.size() + 96 + m.from.size() + m.to.size() + m.body.size());
+    buf.reserve(buf.size() + 96 + m.from.size() + m.to.size() + m.body.size() + m.task.size());
+    if (m.is_task_event()) { // a task's transition: the body is the task object
+        buf += R"({"type":"task","seq":)";
+        core::json_append_int(buf, seq);
+        buf += R"(,"ts":)";
+        core::json_append_int(buf, m.ts);
+        buf += R"(,"task":)";
+        buf += m.body;
+        buf += '}';
+        return;
+    }
     buf += R"({"type":"msg","seq":)";
     core::json_append_int(buf, seq);
     buf += R"(,"from":)";
@@ -53,6 +64,10 @@ void append_msg(std::string& buf, int64_t seq, const store::MessageData& m) {
     if (!m.client_id.empty()) {
         buf += R"(,"id":)";
         core::json_append_string(buf, m.client_id);
+    }
+    if (!m.task.empty()) {
+        buf += R"(,"task":)";
+        buf += m.task;
     }
     buf += R"(,"body":)";
     buf += m.body;
@@ -216,6 +231,9 @@ void Session::on_text(std::string& frame) {
         return;
     case FrameType::settings:
         handle_settings(f);
+        return;
+    case FrameType::task:
+        handle_task(f);
         return;
     default:
         send_error("unknown_type", "unknown frame type '" + std::string(f.type_name) + "'", f.ref,
@@ -476,10 +494,29 @@ void Session::handle_send(const Frame& f) {
         send_error(route.code, route.message, f.ref, f.has_ref);
         return;
     }
-    router::CheckOutcome check =
-        broker_.modules().check(*principal_, to, f.body, recipients.size());
+    if (f.has_task && route.skill.empty()) {
+        send_error("bad_frame",
+                   "\"task\" goes with a send to skill:NAME; to '" + std::string(f.to) +
+                       "' send without it",
+                   f.ref, f.has_ref);
+        return;
+    }
+    router::CheckOutcome check = broker_.modules().check(
+        *principal_, to, f.body, route.skill.empty() ? recipients.size() : 1);
     if (!check.ok) {
         send_error(check.code, check.message, f.ref, f.has_ref, check.retry_after_ms);
+        return;
+    }
+    if (!route.skill.empty()) {
+        auto sent = broker_.dispatcher().send(*principal_, route.skill, f, core::wall_ms());
+        if (!sent) {
+            send_error(sent.error().code, sent.error().message, f.ref, f.has_ref,
+                       sent.error().code == "rate_limited" ? 1000 : 0);
+            return;
+        }
+        broker_.metrics().tasks_sent.inc();
+        queue_ack({sent->append.sender_seq, sent->append.dup, std::string(f.ref), f.has_ref,
+                   std::move(sent->ack_members)});
         return;
     }
     auto r = broker_.store().append(principal_, to, recipients, f.body,
@@ -488,16 +525,30 @@ void Session::handle_send(const Frame& f) {
         send_error(r.error().code, r.error().message, f.ref, f.has_ref);
         return;
     }
-    PendingAck ack{r->sender_seq, r->dup, std::string(f.ref), f.has_ref};
-    auto pos = std::upper_bound(acks_.begin(), acks_.end(), ack.seq,
-                                [](int64_t seq, const PendingAck& a) { return seq < a.seq; });
-    acks_.insert(pos, std::move(ack));
-    broker_.note_pending(*this);
+    queue_ack({r->sender_seq, r->dup, std::string(f.ref), f.has_ref, {}});
     if (!r->dup && broker_.modules().wants_stored())
         for (store::Principal* rcpt : recipients)
             broker_.note_stored(*rcpt, principal_->name, rcpt->head);
-    if (r->dup && r->sender_seq <= principal_->committed_head)
+}
+
+// A send's ack, in seq order among the others; it goes out once the batch is committed.
+void Session::queue_ack(PendingAck ack) {
+    bool dup = ack.dup;
+    int64_t seq = ack.seq;
+    auto pos = std::upper_bound(acks_.begin(), acks_.end(), seq,
+                                [](int64_t s, const PendingAck& a) { return s < a.seq; });
+    acks_.insert(pos, std::move(ack));
+    broker_.note_pending(*this);
+    if (dup && seq <= principal_->committed_head)
         link_.want_write();
+}
+
+void Session::handle_task(const Frame& f) {
+    if (auto r = broker_.dispatcher().task_frame(*principal_, f, core::wall_ms()); !r) {
+        send_error(r.error().code, r.error().message, f.ref, f.has_ref);
+        return;
+    }
+    ok_after_commit(f.ref, f.has_ref, nullptr);
 }
 
 void Session::handle_ack(const Frame& f) {
@@ -1004,6 +1055,11 @@ void Session::handle_typing(const Frame& f) {
     router::RouteOutcome route = broker_.modules().route(*principal_, f.to, recipients, to);
     if (!route.ok) {
         send_error(route.code, route.message, f.ref, f.has_ref);
+        return;
+    }
+    if (!route.skill.empty()) {
+        send_error("bad_frame", "typing goes to a principal or a group, not to a skill", f.ref,
+                   f.has_ref);
         return;
     }
     broker_.relay_typing(*principal_, to, recipients, f.typing_stop);

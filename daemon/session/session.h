@@ -140,7 +140,9 @@ class Session {
         bool dup;
         std::string ref;
         bool has_ref;
+        std::string extra; // members after seq (a send to a skill); usually empty
     };
+    void queue_ack(PendingAck ack);
 
     // What a hello asked for, kept while its challenge is pending.
     struct HelloRequest {
@@ -186,6 +188,7 @@ class Session {
     void handle_read(const struct Frame& f);
     void handle_receipts(const struct Frame& f);
     void handle_settings(const struct Frame& f);
+    void handle_task(const struct Frame& f);
     // Takes a slot of history.max_inflight, or answers rate_limited and returns false.
     bool begin_query(const struct Frame& f);
     void queue_reply(std::string frame);

@@ -120,6 +120,7 @@ void Session::handle_status(const Frame& f) {
             send_error(r.error().code, r.error().message, f.ref, f.has_ref);
             return;
         }
+        broker_.dispatcher().candidate_changed(p); // available again: queued work may go
     }
     // Watchers hear of it once it is stored, like the ok.
     ok_after_commit(f.ref, f.has_ref,
@@ -136,6 +137,7 @@ void Session::handle_profile(const Frame& f) {
         send_error(r.error().code, r.error().message, f.ref, f.has_ref);
         return;
     }
+    broker_.dispatcher().candidate_changed(*principal_); // a new skill: its queue may go
     ok_after_commit(f.ref, f.has_ref);
 }
 

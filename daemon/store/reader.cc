@@ -23,7 +23,8 @@ enum ReadStmt { r_history_desc, r_history_asc, r_sent_one, r_copies, r_direct_se
 // A direct message "to bob" is one with the peer only if bob's log holds it too: names are
 // reused after a delete, principals (pids) are not.
 #define MESHD_HISTORY_SQL(order)                                                                \
-    "SELECT l.seq, p.name, m.to_text, m.ts, m.body, m.client_id, m.sender, m.sender_seq "      \
+    "SELECT l.seq, p.name, m.to_text, m.ts, m.body, m.client_id, m.sender, m.sender_seq, "     \
+    "m.task "                                                                                   \
     "FROM log l JOIN messages m ON m.mid = l.mid JOIN principals p ON p.pid = m.sender "        \
     "WHERE l.pid = ?1 AND l.seq >= ?2 AND l.seq <= ?3 AND (?4 = 0 "                            \
     "OR (?4 = 1 AND ((m.sender = ?5 AND m.to_text = ?6) OR (m.sender = ?7 AND m.to_text = ?8 " \
@@ -116,6 +117,7 @@ core::Result<HistoryPage> ReadConn::history(const HistoryQuery& q) {
             msg->client_id = std::string(column_text(s, 5));
             msg->sender_pid = sqlite3_column_int64(s, 6);
             msg->sender_seq = sqlite3_column_int64(s, 7);
+            msg->task = std::string(column_text(s, 8));
             bytes += msg->body.size();
             page.entries.push_back({sqlite3_column_int64(s, 0), std::move(msg)});
             full = page.entries.size() >= q.limit || bytes >= q.max_bytes;

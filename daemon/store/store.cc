@@ -51,7 +51,7 @@ std::optional<Status> parse_status(std::string_view name) {
 
 namespace {
 
-constexpr int known_schema_version = 6;
+constexpr int known_schema_version = 7;
 
 // Numbered migrations; migration N brings user_version from N-1 to N. Each runs inside the
 // transaction that also sets user_version, so a crash leaves the old or the new schema.
@@ -147,6 +147,33 @@ CREATE TABLE principal_settings(
     value TEXT NOT NULL,
     PRIMARY KEY(pid, name)) WITHOUT ROWID;
 )sql",
+    // 7: work dispatch (skill:NAME). messages.task: the task member of a dispatched message,
+    // as JSON text ({"id":17,...}; NULL for others). tasks: one row per send to a skill, its
+    // state (0 queued, 1 assigned, 2 working, 3 done, 4 failed, 5 expired, 6 canceled) and
+    // holder (former: earlier holders' pids, space-separated). Unfinished rows are loaded at start; a message a queued task still needs is
+    // kept by retention (tasks_queued_mid).
+    R"sql(
+ALTER TABLE messages ADD COLUMN task TEXT;
+CREATE TABLE tasks(
+    tid INTEGER PRIMARY KEY,
+    sender INTEGER NOT NULL,
+    sender_seq INTEGER NOT NULL,
+    mid INTEGER NOT NULL,
+    skill TEXT NOT NULL,
+    tracked INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    agent INTEGER,
+    agent_seq INTEGER,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    queued_ms INTEGER NOT NULL,
+    deadline_ms INTEGER NOT NULL DEFAULT 0,
+    lease_until_ms INTEGER NOT NULL DEFAULT 0,
+    former TEXT NOT NULL DEFAULT '');
+CREATE UNIQUE INDEX tasks_send ON tasks(sender, sender_seq);
+CREATE INDEX tasks_open ON tasks(state) WHERE state <= 2;
+CREATE INDEX tasks_queued_mid ON tasks(mid) WHERE state = 0;
+)sql",
 };
 static_assert(sizeof migrations / sizeof migrations[0] == known_schema_version);
 
@@ -197,14 +224,14 @@ const char* const stmt_sql[s_count] = {
     "BEGIN IMMEDIATE",
     "COMMIT",
     "ROLLBACK",
-    "INSERT INTO messages(sender, to_text, ts, body, client_id, fingerprint, sender_seq) "
-    "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    "INSERT INTO messages(sender, to_text, ts, body, client_id, fingerprint, sender_seq, task) "
+    "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     "INSERT INTO log(pid, seq, mid) VALUES(?1, ?2, ?3)",
     "SELECT mid, ts, fingerprint, sender_seq FROM messages WHERE sender = ?1 AND client_id = ?2",
     "UPDATE messages SET client_id = NULL WHERE mid = ?1",
     "INSERT INTO cursors(pid, device, seq, updated_ms) VALUES(?1, ?2, ?3, ?4) "
     "ON CONFLICT(pid, device) DO UPDATE SET seq = excluded.seq, updated_ms = excluded.updated_ms",
-    "SELECT l.seq, p.name, m.to_text, m.ts, m.body, m.client_id, m.sender, m.sender_seq "
+    "SELECT l.seq, p.name, m.to_text, m.ts, m.body, m.client_id, m.sender, m.sender_seq, m.task "
     "FROM log l "
     "JOIN messages m ON m.mid = l.mid JOIN principals p ON p.pid = m.sender "
     "WHERE l.pid = ?1 AND l.seq >= ?2 AND l.seq <= ?3 ORDER BY l.seq LIMIT ?4",
@@ -229,7 +256,8 @@ const char* const stmt_sql[s_count] = {
     "WHERE l.pid = ?1 AND l.seq >= ?2 AND l.seq <= ?3 ORDER BY l.seq",
     "SELECT mid FROM log WHERE pid = ?1 AND seq >= ?2 AND seq <= ?3",
     "DELETE FROM log WHERE pid = ?1 AND seq >= ?2 AND seq <= ?3",
-    "DELETE FROM messages WHERE mid = ?1 AND NOT EXISTS (SELECT 1 FROM log WHERE mid = ?1)",
+    "DELETE FROM messages WHERE mid = ?1 AND NOT EXISTS (SELECT 1 FROM log WHERE mid = ?1) "
+    "AND NOT EXISTS (SELECT 1 FROM tasks WHERE mid = ?1 AND state = 0)",
     "INSERT INTO profiles(pid, status, note) VALUES(?1, ?2, ?3) ON CONFLICT(pid) DO UPDATE "
     "SET status = excluded.status, note = excluded.note",
     "INSERT INTO profiles(pid, profile, skills) VALUES(?1, ?2, ?3) ON CONFLICT(pid) DO UPDATE "
@@ -439,6 +467,8 @@ Store::~Store() {
         sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
     for (sqlite3_stmt* s : stmts_)
         sqlite3_finalize(s);
+    for (sqlite3_stmt* s : task_stmts_)
+        sqlite3_finalize(s);
     if (db_)
         sqlite3_close_v2(db_);
     if (lock_fd_ >= 0)
@@ -472,6 +502,8 @@ core::Result<std::unique_ptr<Store>> Store::open(const StoreOptions& options) {
     if (auto r = store->prepare_all(); !r)
         return r.error();
     if (auto r = store->load(); !r)
+        return r.error();
+    if (auto r = store->load_tasks(); !r)
         return r.error();
     store->checkpointer_ =
         std::make_unique<Checkpointer>(store->db_path_);
@@ -638,7 +670,7 @@ core::Result<void> Store::prepare_all() {
             return core::make_error(
                 "internal", db_path_ + ": cannot prepare statement: " + sqlite_message(db_));
     }
-    return {};
+    return prepare_tasks();
 }
 
 core::Result<void> Store::load() {
@@ -1070,6 +1102,13 @@ core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,
                                          std::span<Principal* const> recipients,
                                          std::string_view body, std::string_view client_id,
                                          int64_t ts) {
+    return append(sender, to, recipients, body, client_id, ts, AppendExtra{});
+}
+
+core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,
+                                         std::span<Principal* const> recipients,
+                                         std::string_view body, std::string_view client_id,
+                                         int64_t ts, const AppendExtra& extra) {
     if (auto r = begin_if_needed(); !r)
         return r.error();
     unsigned char fingerprint[16];
@@ -1116,8 +1155,9 @@ core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,
         }
     }
 
-    touch(sender);
-    int64_t sender_seq = sender->head + 1;
+    if (extra.sender_entry)
+        touch(sender);
+    int64_t sender_seq = extra.sender_entry ? sender->head + 1 : extra.sender_seq;
     int64_t mid = 0;
     {
         sqlite3_stmt* s = stmt(s_insert_msg);
@@ -1134,6 +1174,10 @@ core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,
             sqlite3_bind_blob(s, 6, fingerprint, sizeof fingerprint, SQLITE_STATIC);
         }
         sqlite3_bind_int64(s, 7, sender_seq);
+        if (extra.task.empty())
+            sqlite3_bind_null(s, 8);
+        else
+            bind_text(s, 8, extra.task);
         if (sqlite3_step(s) != SQLITE_DONE)
             return fail_batch("insert message");
         mid = sqlite3_last_insert_rowid(db_);
@@ -1147,6 +1191,7 @@ core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,
     msg->body = std::string(body);
     msg->sender_pid = sender->pid;
     msg->sender_seq = sender_seq;
+    msg->task = std::string(extra.task);
     MessageRef ref = std::move(msg);
 
     auto add_entry = [&](Principal* p) -> bool {
@@ -1163,7 +1208,7 @@ core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,
         return true;
     };
     // The sender's own entry first: its seq was promised to the dedupe record above.
-    if (!add_entry(sender))
+    if (extra.sender_entry && !add_entry(sender))
         return fail_batch("append to log");
     for (Principal* r : recipients) {
         if (r == sender)
@@ -1173,7 +1218,7 @@ core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,
     }
     ++batch_messages_;
     tail_evict();
-    return AppendResult{sender_seq, false};
+    return AppendResult{sender_seq, false, mid};
 }
 
 core::Result<void> Store::read_page(const Principal& p, int64_t from_seq, size_t max_rows,
@@ -1196,6 +1241,7 @@ core::Result<void> Store::read_page(const Principal& p, int64_t from_seq, size_t
         msg->client_id = std::string(column_text(s, 5));
         msg->sender_pid = sqlite3_column_int64(s, 6);
         msg->sender_seq = sqlite3_column_int64(s, 7);
+        msg->task = std::string(column_text(s, 8));
         bytes += msg->body.size();
         out.push_back({sqlite3_column_int64(s, 0), std::move(msg)});
         if (bytes >= max_bytes)

@@ -32,6 +32,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -69,6 +70,10 @@ struct MessageData {
     std::string body;      // the body's JSON text, exactly as received
     int64_t sender_pid = 0; // the sender's internal id
     int64_t sender_seq = 0; // the message's seq in the sender's log
+    // A dispatched message's task member ({"id":17,...}), or empty. For a task event (to is
+    // "task:<id>"), body is the event object and this is empty.
+    std::string task;
+    bool is_task_event() const { return to.starts_with("task:"); }
 };
 using MessageRef = std::shared_ptr<const MessageData>;
 
@@ -151,6 +156,60 @@ struct StoreOptions {
 struct AppendResult {
     int64_t sender_seq = 0; // the message's seq in the sender's log
     bool dup = false;       // an earlier send with the same id was found
+    int64_t mid = 0;        // the stored message (0 for a dup)
+};
+
+// What a few appends need beyond a plain send.
+struct AppendExtra {
+    std::string_view task;     // messages.task: the task member, JSON text
+    bool sender_entry = true;  // false: recipients only (a dispatched copy) ...
+    int64_t sender_seq = 0;    // ... of the send at this seq of the sender's log
+};
+
+// ---- work dispatch (meshd-protocol(7), WORK DISPATCH) -----------------------------------
+// States as stored (tasks.state) and as named in frames.
+enum class TaskState { queued, assigned, working, done, failed, expired, canceled };
+std::string_view to_string(TaskState);
+std::optional<TaskState> parse_task_state(std::string_view);
+inline bool is_finished(TaskState s) { return s >= TaskState::done; }
+
+// A send to "skill:NAME" and what became of it. Unfinished ones live in memory (the store's
+// open tasks); finished ones only in the tasks table.
+struct Task {
+    int64_t id = 0;
+    int64_t sender_pid = 0;
+    int64_t sender_seq = 0; // the send in the sender's log
+    int64_t mid = 0;        // the send's message (its body)
+    std::string skill;      // canonical
+    bool tracked = false;   // the send carried "task"; untracked ones finish when assigned
+    TaskState state = TaskState::queued;
+    int64_t agent_pid = 0;  // the holder while assigned or working, else 0
+    int64_t agent_seq = 0;  // the holder's copy in its log
+    int64_t created_ms = 0;
+    int64_t updated_ms = 0;
+    int64_t queued_ms = 0;      // when it last entered the queue
+    int64_t deadline_ms = 0;    // 0: none
+    int64_t lease_until_ms = 0; // 0: not leased (its holder is connected, or none)
+    std::string former;         // pids of earlier holders (leases ran out), space-separated
+    bool held_before_by(int64_t pid) const;
+};
+
+// A task as listed (meshctl tasks) or looked up once finished.
+struct TaskRow {
+    Task task;
+    std::string sender; // names; a deleted principal's last name
+    std::string agent;  // the holder, or the last one; empty if never assigned
+};
+
+struct TaskFilter {
+    std::optional<TaskState> state;
+    std::string skill; // empty: any
+    size_t limit = 1000;
+};
+
+struct SkillSendResult {
+    AppendResult append;
+    Task task; // a copy, as it stands after the send (for a dup: the first send's task)
 };
 
 struct StoreStatus {
@@ -242,11 +301,49 @@ class Store {
     core::Result<AppendResult> append(Principal* sender, std::string_view to,
                                       std::span<Principal* const> recipients, std::string_view body,
                                       std::string_view client_id, int64_t ts);
+    core::Result<AppendResult> append(Principal* sender, std::string_view to,
+                                      std::span<Principal* const> recipients, std::string_view body,
+                                      std::string_view client_id, int64_t ts,
+                                      const AppendExtra& extra);
     // Reads committed entries of p's log with seq >= from_seq, in order, at most max_rows
     // rows and (after the first row) about max_bytes of body. The statement is reset before
     // returning, so no read transaction stays open.
     core::Result<void> read_page(const Principal& p, int64_t from_seq, size_t max_rows,
                                  size_t max_bytes, std::vector<LogEntry>& out);
+    // ---- work dispatch (store/tasks.cc) -------------------------------------------------
+    // Every change joins the batch, and memory is restored if the batch fails. Each
+    // transition is also appended to the sender's log as a task event (to "task:<id>"), and
+    // a cancel or expiry of a held task to the holder's log too.
+    //
+    // A send to skill:NAME: stored in the sender's log (to "skill:NAME") and queued as task
+    // `next id`. A resend with the same client_id finds the first send's task (dup).
+    core::Result<SkillSendResult> send_to_skill(Principal* sender, std::string_view skill,
+                                                std::string_view body,
+                                                std::string_view client_id, int64_t ts,
+                                                bool tracked, int64_t deadline_ms);
+    // These take a task from open_tasks() and leave that reference invalid: look it up again
+    // by id. Gives the queued task t to agent: its copy enters the agent's log. Error
+    // not_found when the message is gone (its sender was deleted).
+    core::Result<void> assign_task(Task& t, Principal& agent, int64_t ts);
+    // working, done, failed, canceled, expired. `extra` is appended to the event object as
+    // is (e.g. ,"result":{...}). Finished tasks leave memory.
+    core::Result<void> set_task_state(Task& t, TaskState to, std::string_view extra, int64_t ts);
+    // Back to the queue (its holder's lease ran out); the event names the previous holder.
+    core::Result<void> requeue_task(Task& t, int64_t ts);
+    // Starts (until > 0) or ends (0) the lease of a held task.
+    core::Result<void> set_task_lease(Task& t, int64_t until_ms);
+    // Unfinished tasks.
+    Task* find_task(int64_t id);
+    const std::map<int64_t, Task>& open_tasks() const { return open_tasks_; }
+    // Ids of the skill's queued tasks, oldest first; null when none.
+    const std::set<int64_t>* task_queue(std::string_view skill) const;
+    // Unfinished tracked tasks held by pid.
+    size_t held_tasks(int64_t pid) const;
+    // A task by id from the table (finished or not); nothing when there is none.
+    core::Result<std::optional<TaskRow>> stored_task(int64_t id);
+    // Newest first.
+    core::Result<std::vector<TaskRow>> list_tasks(const TaskFilter& filter);
+
     // ---- cursors ----------------------------------------------------------------------
     int64_t cursor(const Principal& p, std::string_view device) const;
     // Monotonic: a lower value than stored is ignored. Written with the next batch.
@@ -262,6 +359,7 @@ class Store {
     core::Result<void> set_read_receipts(Principal& p, bool on);
 
     // ---- batches ----------------------------------------------------------------------
+    bool batch_failed() const { return batch_failed_; }
     bool batch_open() const { return in_txn_ || batch_failed_ || !dirty_cursors_.empty(); }
     // Commits the batch. With sync = normal the commit is durable against a process crash
     // when it returns: every principal whose log grew has its committed_head caught up and
@@ -300,6 +398,22 @@ class Store {
 
   private:
     explicit Store(StoreOptions options);
+    // Work dispatch internals (store/tasks.cc).
+    core::Result<void> load_tasks();
+    core::Result<void> prepare_tasks();
+    core::Result<void> write_task(const Task& t);
+    core::Result<void> task_event(Principal* owner, const Task& t, int64_t msg_seq,
+                                  std::string_view state, std::string_view extra, int64_t ts);
+    std::string principal_name(int64_t pid) const;
+    void remember_task(const Task& before, bool existed); // undo entry for a changed task
+    void put_task(const Task& t);                         // memory: open map, queue, held
+    void drop_task(int64_t id);
+    std::map<int64_t, Task> open_tasks_;
+    std::unordered_map<std::string, std::set<int64_t>> task_queues_;
+    std::unordered_map<int64_t, size_t> held_tasks_;
+    int64_t next_task_id_ = 1;
+    std::vector<sqlite3_stmt*> task_stmts_;
+    std::string task_buf_;
     core::Result<void> open_db();
     core::Result<void> migrate();
     core::Result<void> load();

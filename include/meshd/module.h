@@ -235,6 +235,29 @@ typedef struct meshd_config_key {
     void *reserved[4];
 } meshd_config_key;
 
+/* ---- assign: who gets work sent to skill:NAME ------------------------------------------ */
+/* meshd calls the first module with this hook whenever work for a skill can be assigned: at
+ * a send to "skill:NAME" (see meshd_host_route_skill) and for queued work when an agent
+ * becomes a candidate. The candidates are the agents (not the sender) whose profile lists
+ * the skill, with a device connected and their own status "available", in name order. */
+typedef struct meshd_assign_candidate {
+    const char *name; size_t name_len;
+    uint32_t open_tasks;                         /* unfinished tracked tasks it holds */
+    void *reserved[4];
+} meshd_assign_candidate;
+
+typedef struct meshd_assign_request {
+    const char *skill; size_t skill_len;         /* canonical, without "skill:" */
+    const char *sender; size_t sender_len;
+    int64_t task;                                /* the work's task id */
+    const meshd_assign_candidate *candidates;
+    size_t count;                                /* at least 1 */
+    void *reserved[8];
+} meshd_assign_request;
+
+/* Returns the index of the chosen candidate, or -1 to leave the work queued. */
+typedef int (*meshd_assign_cb)(void *state, const meshd_assign_request *req);
+
 /* ---- the descriptor -------------------------------------------------------------------- */
 typedef struct meshd_module {
     int abi;                     /* MESHD_MODULE_ABI the module was built against */
@@ -255,7 +278,8 @@ typedef struct meshd_module {
     meshd_auth_failed_cb auth_failed;
     meshd_http_cb http;
     const meshd_config_key *config; /* the keys of [NAME], ended by a NULL name; may be NULL */
-    void *reserved[12];          /* future hooks (control, ...); zero */
+    meshd_assign_cb assign;      /* grown into the first reserved slot; zero in older modules */
+    void *reserved[11];          /* future hooks (control, ...); zero */
 } meshd_module;
 
 /* Exported by every module. */
@@ -319,6 +343,13 @@ int meshd_host_route_add(meshd_route_out *out, const char *principal, size_t len
 /* Add every member of group `group` (a name without '#') as a recipient, and make the stored
  * address "#group". Returns the number of members, or -1 if there is no such group. */
 int meshd_host_route_add_group(meshd_route_out *out, const char *group, size_t len);
+
+/* Route this send to skill `skill` (without "skill:"; any case): meshd stores it in the
+ * sender's log and dispatches it through the assign hook, or queues it. The module then
+ * answers MESHD_ALLOW without adding recipients. Returns how many agents list the skill in
+ * their profile (0: nobody could ever take it; deny with "unknown_peer"), or -1 for a bad
+ * skill name. */
+int meshd_host_route_skill(meshd_route_out *out, const char *skill, size_t len);
 
 /* Is `principal` a member of `group`? 1 yes, 0 no, -1 no such group. */
 int meshd_host_group_has_member(meshd_host *host, const char *group, size_t group_len,

@@ -555,9 +555,11 @@ class Client:
 
     async def recv_until_synced(self, timeout=5):
         """Collect the replay: msg frames until synced. Returns the msgs; gap frames (entries
-        retention deleted) are kept in self.gaps, and every frame in self.replay_frames."""
+        retention deleted) are kept in self.gaps, task events in self.replay_tasks, and every
+        frame in self.replay_frames."""
         msgs = []
         self.gaps = []
+        self.replay_tasks = []
         self.replay_frames = []
         deadline = time.monotonic() + timeout
         while True:
@@ -565,10 +567,11 @@ class Client:
             if f["type"] == "synced":
                 self.synced = f
                 break
-            assert f["type"] in ("msg", "gap"), (
-                f"{self.label}: only msg and gap frames may precede synced, got {f}")
+            assert f["type"] in ("msg", "gap", "task"), (
+                f"{self.label}: only log entries (msg, task) and gap frames may precede "
+                f"synced, got {f}")
             self.replay_frames.append(f)
-            (msgs if f["type"] == "msg" else self.gaps).append(f)
+            {"msg": msgs, "gap": self.gaps, "task": self.replay_tasks}[f["type"]].append(f)
         self.replayed = msgs
         return msgs
 

@@ -57,6 +57,7 @@ FAMILIES = {
     "meshd_events_dropped_total": "counter",
     "meshd_history_reads_total": "counter",
     "meshd_read_duration_seconds": "histogram",
+    "meshd_tasks_total": "counter",
 }
 
 SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')

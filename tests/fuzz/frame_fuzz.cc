@@ -130,7 +130,7 @@ void check_frame(const Frame& f, std::string_view text) {
     case FrameType::unknown:
         for (std::string_view known :
              {"hello", "auth", "send", "ack", "watch", "status", "profile", "who", "history",
-              "typing", "read", "receipts", "settings"})
+              "typing", "read", "receipts", "settings", "task"})
             check(f.type_name != known, "a known type name never gives FrameType::unknown");
         break;
     case FrameType::watch:
@@ -188,8 +188,19 @@ void check_frame(const Frame& f, std::string_view text) {
         check(f.type_name == "settings", "type settings comes from \"settings\"");
         check(f.has_read_receipts || f.read_receipts, "read_receipts defaults to on");
         break;
+    case FrameType::task:
+        check(f.type_name == "task", "type task comes from \"task\"");
+        check(f.task_id >= 1, "a task id is >= 1");
+        check(f.task_state == "working" || f.task_state == "done" || f.task_state == "failed" ||
+                  f.task_state == "canceled",
+              "a task state is one a client may set");
+        check(f.reason.size() <= meshd::session::max_task_reason_bytes, "a reason is short");
+        check(!f.result.empty(), "a task frame always has a result text (null when absent)");
+        minified(f.result); // aborts unless it is valid JSON
+        break;
     case FrameType::send:
         check(f.type_name == "send", "type send comes from \"send\"");
+        check(!f.has_task || f.deadline_ms >= 0, "a deadline is never negative");
         check(!f.to.empty(), "an accepted send has a non-empty to");
         check(!f.body.empty(), "an accepted send has a body");
         if (points_into(f.body, text))
@@ -209,7 +220,9 @@ bool same_fields(const Frame& a, const Frame& b) {
            a.has_with == b.has_with && a.with == b.with && a.has_before == b.has_before &&
            a.before == b.before && a.has_after == b.has_after && a.after == b.after &&
            a.seqs == b.seqs && a.typing_stop == b.typing_stop &&
-           a.has_read_receipts == b.has_read_receipts && a.read_receipts == b.read_receipts;
+           a.has_read_receipts == b.has_read_receipts && a.read_receipts == b.read_receipts &&
+           a.has_task == b.has_task && a.deadline_ms == b.deadline_ms && a.task_id == b.task_id &&
+           a.task_state == b.task_state && a.result == b.result && a.reason == b.reason;
 }
 
 void check_scan(std::string_view input) {

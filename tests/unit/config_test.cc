@@ -65,7 +65,7 @@ void expect_defaults(const Config& c) {
     EXPECT_EQ(c.control_socket, "/run/meshd/control.sock");
     EXPECT_EQ(c.modules_dir, "/usr/lib/meshd/modules");
     EXPECT_EQ(c.modules_load, (std::vector<std::string>{"auth_token", "auth_ed25519",
-                                                        "route_direct", "route_groups"}));
+                                                        "route_direct", "route_groups", "route_skills"}));
     EXPECT_EQ(c.max_frame, 1048576);
     EXPECT_EQ(c.max_depth, 64);
     EXPECT_EQ(c.max_queue, 4194304);
@@ -238,6 +238,24 @@ const IntRow int_rows[] = {
      "meshd.toml:2:15: typing.interval_ms must be an integer 100..60000, got 99"},
     {"[typing]\ninterval_ms = 60001\n", nullptr, 0,
      "meshd.toml:2:15: typing.interval_ms must be an integer 100..60000, got 60001"},
+    {"[tasks]\nlease_s = 1\n", &Config::task_lease_s, 1, ""},
+    {"[tasks]\nlease_s = 604800\n", &Config::task_lease_s, 604800, ""},
+    {"[tasks]\nlease_s = 0\n", nullptr, 0,
+     "meshd.toml:2:11: tasks.lease_s must be an integer 1..604800, got 0"},
+    {"[tasks]\nlease_s = 604801\n", nullptr, 0,
+     "meshd.toml:2:11: tasks.lease_s must be an integer 1..604800, got 604801"},
+    {"[tasks]\nqueue_cap = 1\n", &Config::task_queue_cap, 1, ""},
+    {"[tasks]\nqueue_cap = 10000000\n", &Config::task_queue_cap, 10000000, ""},
+    {"[tasks]\nqueue_cap = 0\n", nullptr, 0,
+     "meshd.toml:2:13: tasks.queue_cap must be an integer 1..10000000, got 0"},
+    {"[tasks]\nqueue_cap = 10000001\n", nullptr, 0,
+     "meshd.toml:2:13: tasks.queue_cap must be an integer 1..10000000, got 10000001"},
+    {"[tasks]\nqueue_ttl_s = 1\n", &Config::task_queue_ttl_s, 1, ""},
+    {"[tasks]\nqueue_ttl_s = 31536000\n", &Config::task_queue_ttl_s, 31536000, ""},
+    {"[tasks]\nqueue_ttl_s = 0\n", nullptr, 0,
+     "meshd.toml:2:15: tasks.queue_ttl_s must be an integer 1..31536000, got 0"},
+    {"[tasks]\nqueue_ttl_s = 31536001\n", nullptr, 0,
+     "meshd.toml:2:15: tasks.queue_ttl_s must be an integer 1..31536000, got 31536001"},
     // negative and hex integers are integers too
     {"[limits]\nmax_depth = -5\n", nullptr, 0,
      "meshd.toml:2:13: limits.max_depth must be an integer 2..1024, got -5"},
@@ -480,7 +498,7 @@ TEST(ConfigModules, LoadNames) {
 TEST(ConfigUnknown, KeysAndSections) {
     const std::string sections =
         "core sections are server, control, modules, limits, storage, log, presence, directory, "
-        "history, typing";
+        "history, typing, tasks";
     const std::string module_rule =
         "; a module's section must name a module listed in modules.load";
     check_rows({
@@ -662,7 +680,7 @@ TEST(ConfigErrors, AllAreReportedInFileOrder) {
             "got 1",
             "/etc/meshd/meshd.toml:9:8: storage.sync must be \"normal\" or \"full\", got \"fast\"",
             "/etc/meshd/meshd.toml:10:1: unknown section [bogus]: core sections are server, "
-            "control, modules, limits, storage, log, presence, directory, history, typing; a "
+            "control, modules, limits, storage, log, presence, directory, history, typing, tasks; a "
             "module's section must "
             "name a module listed in modules.load",
             "/etc/meshd/meshd.toml:12:9: log.level must be \"debug\", \"info\", \"warn\" or "
@@ -850,7 +868,8 @@ TEST(ConfigDiff, EveryKeyIsCompared) {
                             "[presence]\ngrace_ms = 1\naway_after_s = 1\nmax_watch = 2\n"
                             "[directory]\nmax_profile_bytes = 300\n"
                             "[history]\nreaders = 1\nmax_inflight = 1\n"
-                            "[typing]\ninterval_ms = 100\n");
+                            "[typing]\ninterval_ms = 100\n"
+                            "[tasks]\nlease_s = 1\nqueue_cap = 1\nqueue_ttl_s = 1\n");
     ConfigDiff d = diff_config(before, after);
     std::vector<std::string> applied, restart;
     for (const KeyInfo& k : config_keys())
@@ -859,7 +878,7 @@ TEST(ConfigDiff, EveryKeyIsCompared) {
     EXPECT_EQ(d.restart_required, restart);
     // The reloadable set is the design's: all [limits], [presence] and [directory] keys,
     // log.level, storage.dedupe_window_s, retention, storage.cache_bytes,
-    // history.max_inflight and typing.interval_ms.
+    // history.max_inflight, typing.interval_ms and every [tasks] key.
     EXPECT_EQ(applied, (std::vector<std::string>{
                            "limits.max_frame", "limits.max_depth", "limits.max_queue",
                            "limits.max_inflight", "limits.max_devices", "limits.hello_timeout_ms",
@@ -868,7 +887,8 @@ TEST(ConfigDiff, EveryKeyIsCompared) {
                            "storage.cache_bytes", "log.level", "presence.grace_ms",
                            "presence.away_after_s", "presence.max_watch",
                            "directory.max_profile_bytes", "history.max_inflight",
-                           "typing.interval_ms"}));
+                           "typing.interval_ms", "tasks.lease_s", "tasks.queue_cap",
+                           "tasks.queue_ttl_s"}));
 }
 
 TEST(ConfigModuleTables, SameValueTreatsIntegerAndFloatAlike) {
@@ -910,7 +930,8 @@ TEST(ConfigKeys, Table) {
                          "presence.grace_ms",
                          "presence.away_after_s", "presence.max_watch",
                          "directory.max_profile_bytes", "history.readers", "history.max_inflight",
-                         "typing.interval_ms"}));
+                         "typing.interval_ms", "tasks.lease_s", "tasks.queue_cap",
+                         "tasks.queue_ttl_s"}));
     const KeyInfo& frame = config_keys()[5];
     EXPECT_EQ(frame.type, "integer");
     EXPECT_EQ(frame.default_text, "1048576");

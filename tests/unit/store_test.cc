@@ -126,10 +126,11 @@ std::vector<std::string> names_of(const std::vector<Principal*>& ps) {
     return out;
 }
 
-// What migrations 4 to 6 (retention's log by message, the directory, read markers and
-// settings) added: dropped to fake an older store.
-constexpr const char* kDropNewerSchemas = "DROP TABLE read_markers; DROP TABLE principal_settings; "
-                                          "DROP TABLE profiles; DROP INDEX log_mid; ";
+// What migrations 4 to 7 (retention's log by message, the directory, read markers and
+// settings, tasks) added: dropped to fake an older store.
+constexpr const char* kDropNewerSchemas =
+    "DROP TABLE tasks; ALTER TABLE messages DROP COLUMN task; DROP TABLE read_markers; "
+    "DROP TABLE principal_settings; DROP TABLE profiles; DROP INDEX log_mid; ";
 
 const std::string kBusyMessage =
     "storage cannot take the write now (begin: database is locked); nothing was stored, "
@@ -2131,6 +2132,112 @@ TEST_F(ReaderTest, ShutdownDropsPendingJobsAndClosesItsHandle) {
     uv_run(&loop_, UV_RUN_NOWAIT);
     EXPECT_FALSE(ran_done);
     EXPECT_EQ(reader_->pending(), 0u);
+}
+
+} // namespace
+} // namespace meshd::store
+
+// ---- work dispatch: tasks ------------------------------------------------------------------
+
+namespace meshd::store {
+namespace {
+
+TEST_F(StoreTest, TaskGoesFromQueueToAgentWithEventsAndSurvivesReopen) {
+    open();
+    add_all({"alice"});
+    Principal* agent = add("tr-1", Kind::agent);
+    commit_ok();
+    auto sent = store_->send_to_skill(p("alice"), "translate", R"({"t":"hi"})", "job-1", kNow,
+                                      true, kNow + 60000);
+    ASSERT_TRUE(sent.ok()) << sent.error().message;
+    int64_t id = sent->task.id;
+    EXPECT_EQ(sent->append.sender_seq, 1);
+    EXPECT_EQ(sent->task.state, TaskState::queued);
+    ASSERT_NE(store_->task_queue("translate"), nullptr);
+    EXPECT_EQ(*store_->task_queue("translate"), std::set<int64_t>{id});
+    commit_ok();
+    reopen(); // the queued task is loaded again
+    agent = p("tr-1");
+    Task* t = store_->find_task(id);
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(t->deadline_ms, kNow + 60000);
+    ASSERT_TRUE(store_->assign_task(*t, *agent, kNow + 1).ok());
+    EXPECT_EQ(store_->task_queue("translate"), nullptr);
+    EXPECT_EQ(store_->held_tasks(agent->pid), 1u);
+    commit_ok();
+    // The agent's copy carries the body and the task member; the sender got an event.
+    auto copy = page(*agent);
+    ASSERT_EQ(copy.size(), 1u);
+    EXPECT_EQ(copy[0].msg->body, R"({"t":"hi"})");
+    EXPECT_EQ(copy[0].msg->to, "skill:translate");
+    EXPECT_EQ(copy[0].msg->task,
+              R"({"id":)" + std::to_string(id) + R"(,"deadline":)" +
+                  std::to_string(kNow + 60000) + "}");
+    EXPECT_EQ(copy[0].msg->sender_seq, 1);
+    auto own = page(*p("alice"));
+    ASSERT_EQ(own.size(), 2u);
+    EXPECT_TRUE(own[1].msg->is_task_event());
+    EXPECT_EQ(own[1].msg->body, R"({"id":)" + std::to_string(id) +
+                                    R"(,"state":"assigned","skill":"translate","msg":1,)"
+                                    R"("agent":"tr-1"})");
+    // A resend with the same id finds the task as it is now.
+    auto dup = store_->send_to_skill(p("alice"), "translate", R"({"t":"hi"})", "job-1", kNow + 2,
+                                     true, kNow + 60000);
+    ASSERT_TRUE(dup.ok());
+    EXPECT_TRUE(dup->append.dup);
+    EXPECT_EQ(dup->task.id, id);
+    EXPECT_EQ(dup->task.state, TaskState::assigned);
+    // Lease, back to the queue, with the previous holder remembered.
+    ASSERT_TRUE(store_->set_task_lease(*store_->find_task(id), kNow + 5).ok());
+    commit_ok();
+    reopen();
+    t = store_->find_task(id);
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(t->lease_until_ms, kNow + 5);
+    ASSERT_TRUE(store_->requeue_task(*t, kNow + 6).ok());
+    commit_ok();
+    t = store_->find_task(id);
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(t->state, TaskState::queued);
+    EXPECT_EQ(t->agent_pid, 0);
+    EXPECT_TRUE(t->held_before_by(p("tr-1")->pid));
+    EXPECT_EQ(store_->held_tasks(p("tr-1")->pid), 0u);
+    ASSERT_TRUE(store_->set_task_state(*t, TaskState::canceled, "", kNow + 7).ok());
+    commit_ok();
+    EXPECT_EQ(store_->find_task(id), nullptr);
+    auto row = store_->stored_task(id);
+    ASSERT_TRUE(row.ok());
+    ASSERT_TRUE(row->has_value());
+    EXPECT_EQ((*row)->task.state, TaskState::canceled);
+    EXPECT_EQ((*row)->sender, "alice");
+    auto listed = store_->list_tasks(TaskFilter{TaskState::canceled, "translate", 10});
+    ASSERT_TRUE(listed.ok());
+    ASSERT_EQ(listed->size(), 1u);
+    EXPECT_EQ((*listed)[0].task.id, id);
+    EXPECT_TRUE(store_->list_tasks(TaskFilter{TaskState::done, "", 10})->empty());
+}
+
+TEST_F(FailingLogTest, FailedBatchLeavesTheTaskQueued) {
+    open();
+    add_all({"alice"});
+    Principal* agent = add("tr-1", Kind::agent);
+    commit_ok();
+    auto sent = store_->send_to_skill(p("alice"), "translate", "1", "", kNow, true, 0);
+    ASSERT_TRUE(sent.ok());
+    int64_t id = sent->task.id;
+    commit_ok();
+    arm(*agent);
+    EXPECT_FALSE(store_->assign_task(*store_->find_task(id), *agent, kNow).ok());
+    EXPECT_EQ(commit_error().message, fail_message_);
+    Task* t = store_->find_task(id);
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(t->state, TaskState::queued);
+    EXPECT_EQ(store_->held_tasks(agent->pid), 0u);
+    EXPECT_EQ(*store_->task_queue("translate"), std::set<int64_t>{id});
+    disarm();
+    ASSERT_TRUE(store_->assign_task(*t, *agent, kNow).ok());
+    commit_ok();
+    EXPECT_EQ(store_->held_tasks(agent->pid), 1u);
 }
 
 } // namespace
