@@ -198,6 +198,9 @@ std::string Store::principal_name(int64_t pid) const {
 }
 
 core::Result<void> Store::write_task(const Task& t) {
+    // Into the batch, never on its own: the event that goes with it may still fail.
+    if (auto r = begin_if_needed(); !r)
+        return r;
     sqlite3_stmt* s = task_stmts_[t_update];
     StmtGuard g(s);
     sqlite3_bind_int64(s, 1, t.id);
@@ -419,8 +422,6 @@ core::Result<void> Store::requeue_task(Task& t, int64_t ts) {
 core::Result<void> Store::set_task_lease(Task& t, int64_t until_ms) {
     if (t.lease_until_ms == until_ms)
         return {};
-    if (auto r = begin_if_needed(); !r)
-        return r;
     Task after = t;
     after.lease_until_ms = until_ms;
     if (auto r = write_task(after); !r)

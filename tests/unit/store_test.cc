@@ -2238,6 +2238,19 @@ TEST_F(FailingLogTest, FailedBatchLeavesTheTaskQueued) {
     ASSERT_TRUE(store_->assign_task(*t, *agent, kNow).ok());
     commit_ok();
     EXPECT_EQ(store_->held_tasks(agent->pid), 1u);
+    // A transition whose event cannot be stored leaves no trace: not in memory, and not in
+    // the table either (the row's update is in the failed batch, not committed on its own).
+    arm(*p("alice"));
+    EXPECT_FALSE(
+        store_->set_task_state(*store_->find_task(id), TaskState::done, "", kNow + 1).ok());
+    EXPECT_EQ(commit_error().message, fail_message_);
+    ASSERT_NE(store_->find_task(id), nullptr);
+    EXPECT_EQ(store_->find_task(id)->state, TaskState::assigned);
+    disarm();
+    reopen();
+    ASSERT_NE(store_->find_task(id), nullptr);
+    EXPECT_EQ(store_->find_task(id)->state, TaskState::assigned);
+    EXPECT_EQ(store_->held_tasks(p("tr-1")->pid), 1u);
 }
 
 } // namespace
