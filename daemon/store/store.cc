@@ -1155,9 +1155,8 @@ core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,
         }
     }
 
-    if (extra.sender_entry)
-        touch(sender);
-    int64_t sender_seq = extra.sender_entry ? sender->head + 1 : extra.sender_seq;
+    touch(sender);
+    int64_t sender_seq = sender->head + 1;
     int64_t mid = 0;
     {
         sqlite3_stmt* s = stmt(s_insert_msg);
@@ -1208,7 +1207,7 @@ core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,
         return true;
     };
     // The sender's own entry first: its seq was promised to the dedupe record above.
-    if (extra.sender_entry && !add_entry(sender))
+    if (!add_entry(sender))
         return fail_batch("append to log");
     for (Principal* r : recipients) {
         if (r == sender)

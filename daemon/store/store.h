@@ -11,7 +11,9 @@
 // - A message is stored once (messages) and referenced from the log of every recipient and
 //   of the sender (log: principal, seq -> message).
 // - Invariant: per principal, seq strictly increases and is never reused. Within one
-//   principal's log, the message id (mid) increases with seq too: messages are inserted one
+//   principal's log, the message id (mid) increases with seq too, except for work sent to a
+//   skill (the agent's entry, appended at assignment, refers to the send's earlier message;
+//   its `to` is "skill:NAME", never a principal's name): messages are inserted one
 //   at a time and appended to every log at once, so two principals' logs hold the messages
 //   they share in the same order (receipts rely on it: see reader.h). Seqs are assigned
 //   from an in-memory head; a failed batch restores every head it moved (and rolls back), so
@@ -161,9 +163,7 @@ struct AppendResult {
 
 // What a few appends need beyond a plain send.
 struct AppendExtra {
-    std::string_view task;     // messages.task: the task member, JSON text
-    bool sender_entry = true;  // false: recipients only (a dispatched copy) ...
-    int64_t sender_seq = 0;    // ... of the send at this seq of the sender's log
+    std::string_view task; // messages.task: the task member, JSON text
 };
 
 // ---- work dispatch (meshd-protocol(7), WORK DISPATCH) -----------------------------------
@@ -322,8 +322,8 @@ class Store {
                                                 std::string_view client_id, int64_t ts,
                                                 bool tracked, int64_t deadline_ms);
     // These take a task from open_tasks() and leave that reference invalid: look it up again
-    // by id. Gives the queued task t to agent: its copy enters the agent's log. Error
-    // not_found when the message is gone (its sender was deleted).
+    // by id. Gives the queued task t to agent: the send's message (stored once, as every
+    // message) enters the agent's log. Error not_found when it is gone.
     core::Result<void> assign_task(Task& t, Principal& agent, int64_t ts);
     // working, done, failed, canceled, expired. `extra` is appended to the event object as
     // is (e.g. ,"result":{...}). Finished tasks leave memory.

@@ -19,7 +19,7 @@ using detail::StmtGuard;
 
 namespace {
 
-enum TaskStmt { t_insert, t_update, t_by_send, t_by_id, t_body, t_count };
+enum TaskStmt { t_insert, t_update, t_by_send, t_by_id, t_message, t_insert_log, t_count };
 
 constexpr const char* task_columns =
     "t.tid, t.sender, t.sender_seq, t.mid, t.skill, t.tracked, t.state, t.agent, t.agent_seq, "
@@ -37,7 +37,8 @@ const char* const task_sql[t_count] = {
     "SELECT t.tid, t.sender, t.sender_seq, t.mid, t.skill, t.tracked, t.state, t.agent, "
     "t.agent_seq, t.created_ms, t.updated_ms, t.queued_ms, t.deadline_ms, t.lease_until_ms, "
     "t.former FROM tasks t WHERE t.tid = ?1",
-    "SELECT body FROM messages WHERE mid = ?1",
+    "SELECT to_text, ts, body, client_id, sender_seq, task FROM messages WHERE mid = ?1",
+    "INSERT INTO log(pid, seq, mid) VALUES(?1, ?2, ?3)",
 };
 
 Task task_from_row(sqlite3_stmt* s) {
@@ -318,45 +319,59 @@ core::Result<SkillSendResult> Store::send_to_skill(Principal* sender, std::strin
 core::Result<void> Store::assign_task(Task& t, Principal& agent, int64_t ts) {
     Principal* sender = find_pid(t.sender_pid);
     if (!sender)
-        return core::make_error("not_found",
-                                "the sender of task " + std::to_string(t.id) + " was deleted");
-    // The body: from the sender's memory tail when still there, else from the table.
-    std::string body;
-    bool found = false;
-    for (auto it = sender->tail.rbegin(); it != sender->tail.rend(); ++it)
+        return core::make_error("not_found", "the sender of task " + std::to_string(t.id) +
+                                                 " was deleted");
+    if (auto r = begin_if_needed(); !r)
+        return r;
+    // The send's message, shared with the sender's log: from its memory tail while there,
+    // else from the table.
+    MessageRef msg;
+    for (auto it = sender->tail.rbegin(); it != sender->tail.rend() && it->seq >= t.sender_seq;
+         ++it)
         if (it->seq == t.sender_seq) {
-            body = it->msg->body;
-            found = true;
-            break;
-        } else if (it->seq < t.sender_seq) {
+            msg = it->msg;
             break;
         }
-    if (!found) {
-        sqlite3_stmt* s = task_stmts_[t_body];
+    if (!msg) {
+        sqlite3_stmt* s = task_stmts_[t_message];
         StmtGuard g(s);
         sqlite3_bind_int64(s, 1, t.mid);
         int rc = sqlite3_step(s);
-        if (rc == SQLITE_ROW)
-            body = std::string(column_text(s, 0));
-        else if (rc == SQLITE_DONE)
+        if (rc == SQLITE_DONE)
             return core::make_error("not_found",
                                     "the message of task " + std::to_string(t.id) + " is gone");
-        else
+        if (rc != SQLITE_ROW)
             return fail_batch("read task message");
+        auto m = std::make_shared<MessageData>();
+        m->from = sender->name;
+        m->to = std::string(column_text(s, 0));
+        m->ts = sqlite3_column_int64(s, 1);
+        m->body = std::string(column_text(s, 2));
+        m->client_id = std::string(column_text(s, 3));
+        m->sender_pid = sender->pid;
+        m->sender_seq = sqlite3_column_int64(s, 4);
+        m->task = std::string(column_text(s, 5));
+        msg = std::move(m);
     }
     Task before = t;
-    std::string member = task_member(t);
-    AppendExtra extra;
-    extra.task = member;
-    extra.sender_entry = false;
-    extra.sender_seq = t.sender_seq;
-    Principal* one[] = {&agent};
-    if (auto r = append(sender, "skill:" + t.skill, one, body, {}, ts, extra); !r)
-        return r.error();
+    touch(&agent);
+    int64_t seq = agent.head + 1;
+    {
+        sqlite3_stmt* s = task_stmts_[t_insert_log];
+        StmtGuard g(s);
+        sqlite3_bind_int64(s, 1, agent.pid);
+        sqlite3_bind_int64(s, 2, seq);
+        sqlite3_bind_int64(s, 3, t.mid);
+        if (sqlite3_step(s) != SQLITE_DONE)
+            return fail_batch("append to log");
+    }
+    agent.head = seq;
+    tail_push(&agent, {seq, std::move(msg)});
+    tail_evict();
     Task after = t;
     after.state = t.tracked ? TaskState::assigned : TaskState::done; // untracked: delivered
     after.agent_pid = agent.pid;
-    after.agent_seq = agent.head;
+    after.agent_seq = seq;
     after.updated_ms = ts;
     after.lease_until_ms = 0;
     if (auto r = write_task(after); !r)

@@ -2165,7 +2165,8 @@ TEST_F(StoreTest, TaskGoesFromQueueToAgentWithEventsAndSurvivesReopen) {
     EXPECT_EQ(store_->task_queue("translate"), nullptr);
     EXPECT_EQ(store_->held_tasks(agent->pid), 1u);
     commit_ok();
-    // The agent's copy carries the body and the task member; the sender got an event.
+    // The agent's entry is the send's message (body, id, task member); the sender got an
+    // event.
     auto copy = page(*agent);
     ASSERT_EQ(copy.size(), 1u);
     EXPECT_EQ(copy[0].msg->body, R"({"t":"hi"})");
@@ -2174,6 +2175,7 @@ TEST_F(StoreTest, TaskGoesFromQueueToAgentWithEventsAndSurvivesReopen) {
               R"({"id":)" + std::to_string(id) + R"(,"deadline":)" +
                   std::to_string(kNow + 60000) + "}");
     EXPECT_EQ(copy[0].msg->sender_seq, 1);
+    EXPECT_EQ(copy[0].msg->client_id, "job-1"); // the send's own message, id and all
     auto own = page(*p("alice"));
     ASSERT_EQ(own.size(), 2u);
     EXPECT_TRUE(own[1].msg->is_task_event());
