@@ -434,6 +434,26 @@ async def test_queued_while_no_agent_online_then_assigned_in_order():
         await u.quiet(0.1)
 
 
+@async_test
+async def test_candidates_are_other_agents_listing_the_skill():
+    async with daemon() as m:
+        u = await user(m)
+        ag = await agents(m, ["a1"], skills=("cooking",))
+        # A user listing a skill is no candidate, and no agent lists it: unknown_peer.
+        await u.request({"type": "profile", "skills": ["sing"]})
+        await u.refused({"type": "send", "to": "skill:sing", "task": {}, "body": 1},
+                        "unknown_peer")
+        # An agent does not get its own send: with a1 the only one, it waits.
+        q = await send_skill(ag["a1"], "self", state="queued", skill="cooking")
+        await ag["a1"].quiet(0.3)
+        # Publishing the skill makes an agent a candidate: a2 gets the queued send.
+        ag.update(await agents(m, ["a2"], skills=()))
+        await ag["a2"].request({"type": "profile", "skills": ["cooking"]})
+        await expect_work(ag["a2"], q["task"], "self", frm="a1", skill="cooking")
+        await expect_task(ag["a1"], q["task"], "assigned", msg=q["seq"], agent="a2",
+                          skill="cooking")
+
+
 # ---- 4. restart ---------------------------------------------------------------------------
 
 @async_test
@@ -533,6 +553,53 @@ async def test_lease_expiry_moves_the_task_and_the_old_agent_gets_conflict():
                           result={"text": "Good day"})
         await u.quiet(0.1)
         assert first["task"]["id"] == got["task"]["id"]
+
+
+@async_test
+async def test_requeued_task_goes_ahead_of_younger_work():
+    async with daemon(lease_s=1) as m:
+        u = await user(m)
+        ag = await agents(m, ["a1"])
+        old = await send_skill(u, "old", state="assigned", agent="a1")
+        await expect_work(ag["a1"], old["task"], "old")
+        await ag["a1"].status("busy")
+        young = await send_skill(u, "young", state="queued")
+        assert tasks_by_id(m)[old["task"]]["lease_until_ms"] is None, "a1 is connected"
+        await ag["a1"].close()
+        await wait_offline(u, "a1")
+        lease = tasks_by_id(m)[old["task"]]["lease_until_ms"]
+        assert type(lease) is int and lease <= now_ms() + 1500, lease
+        await expect_task(u, old["task"], "queued", msg=old["seq"], reason="lease_expired",
+                          previous="a1", timeout=10)
+        # Back in the queue ahead of the younger send: a2 gets it first.
+        a2 = (await agents(m, ["a2"]))["a2"]
+        await expect_work(a2, old["task"], "old")
+        await expect_work(a2, young["task"], "young")
+        await expect_task(u, old["task"], "assigned", msg=old["seq"], agent="a2")
+        await expect_task(u, young["task"], "assigned", msg=young["seq"], agent="a2")
+
+
+@async_test
+async def test_leases_start_again_when_meshd_starts():
+    async with daemon(lease_s=2) as m:
+        u = await user(m)
+        ag = await agents(m, ["a1"])
+        t = await send_skill(u, "job", state="assigned", agent="a1")
+        await expect_work(ag["a1"], t["task"], "job")
+        await ag["a1"].move(t["task"], "working")
+        await expect_task(u, t["task"], "working", msg=t["seq"], agent="a1")
+        m.kill9()
+        m.start()
+        t0 = time.monotonic()
+        u = await rejoin(m, u)
+        a2 = (await agents(m, ["a2"]))["a2"]
+        # a1 never comes back: 2 s after the start its task moves to a2.
+        await expect_work(a2, t["task"], "job", timeout=10)
+        took = time.monotonic() - t0
+        assert took >= 1.5, f"moved {took:.2f}s after the restart with lease_s = 2"
+        await expect_task(u, t["task"], "queued", msg=t["seq"], reason="lease_expired",
+                          previous="a1")
+        await expect_task(u, t["task"], "assigned", msg=t["seq"], agent="a2")
 
 
 @async_test
@@ -898,6 +965,14 @@ async def test_full_queue_refuses_with_rate_limited():
         t = await send_skill(u, 4, state="assigned", agent="a1")
         assert t["seq"] == last + 1, (last, t)
         await expect_work(a1, t["task"], 4)
+        # queue_cap is reloadable: 1 now.
+        m.write_config(extra=config(queue_cap=1))
+        m.ctl("reload")
+        await a1.close()
+        await wait_offline(u, "a1")
+        await send_skill(u, 5, state="queued")
+        await u.refused({"type": "send", "to": "skill:translate", "task": {}, "body": 6},
+                        "rate_limited")
 
 
 # ---- 12. bad input ------------------------------------------------------------------------
@@ -917,8 +992,11 @@ async def test_refused_sends_and_task_frames():
                          "task": {"deadline": now_ms() - 1000}}, "bad_frame")
         await u.refused({**send, "to": "skill:translate",
                          "task": {"deadline": "tomorrow"}}, "bad_frame")
+        # "task" only goes with a send to a skill.
+        await u.refused({**send, "to": "b1", "task": {}}, "bad_frame")
         await u.quiet(0.1)
         await ag["a1"].quiet(0.1)
+        await ag["b1"].quiet(0.1)
         assert tasks(m) == []
         # Nothing was stored: the first good send takes seq 1.
         t = await send_skill(u, "ok", state="assigned", agent="a1")
@@ -939,6 +1017,20 @@ async def test_refused_sends_and_task_frames():
                          "bad_frame")
         assert tasks_by_id(m)[tid]["state"] == "assigned"
         await u.quiet(0.1)
+        # An untracked send has no states to move: conflict.
+        x = await send_skill(u, "untracked", state=("assigned", "done"), agent="a1", task=None)
+        f = await a1.next()
+        assert f["type"] == "msg" and f["body"] == "untracked", f
+        await a1.refused({"type": "task", "id": x["task"], "state": "done"}, "conflict")
+        await u.refused({"type": "task", "id": x["task"], "state": "canceled"}, "conflict")
+        # The man page does not say whether the sender of an untracked send gets a task
+        # frame for its assignment (meshd sends "assigned"); if it does, it is about x.
+        for f in await collect(u, 0.3):
+            assert f["type"] == "task" and f["task"]["id"] == x["task"], f
+            assert f["task"]["state"] in ("assigned", "done") and f["task"]["msg"] == x["seq"]
+        # meshctl tasks refuses a state or skill that cannot be.
+        assert m.ctl_fail("tasks", "--state", "paused")["code"] == "bad_request"
+        assert m.ctl_fail("tasks", "--skill", "no such skill")["code"] == "bad_request"
         # The task is still fine to work on.
         await a1.move(tid, "working")
         await a1.move(tid, "working")  # working twice is fine
