@@ -1,17 +1,21 @@
 # tests/e2e/test_tasks: work dispatch to agents by skill (meshd-protocol(7), WORK DISPATCH):
 # sends to skill:NAME assigned to the available agent with the fewest unfinished tasks (ties
-# round-robin in name order), busy/dnd/away agents skipped, durable FIFO skill queues (also
-# across SIGKILL), task states moved by the holder and canceled by the sender, leases, deadline
-# and queue TTL expiry, 20 agents racing for one queued task, `meshctl tasks`, replay of task
-# frames to the sender's devices, queue_cap, and refused frames.
+# round-robin in name order), who is a candidate (busy/dnd/away, users, the sender skipped;
+# connecting, status available or publishing the skill makes one), durable FIFO skill queues
+# (also across SIGKILL), task states moved by the holder and canceled by the sender, leases
+# (kept on reconnect, restarted when meshd starts, requeued ahead of younger work), deadline
+# and queue TTL expiry, 20 agents racing for one queued task, `meshctl tasks` (meshctl(8)),
+# replay of task frames to the sender's devices, queue_cap, and refused frames.
 #
-# Every test loads route_skills and sets [presence] grace_ms = 0 (a closed connection is
-# offline at once, so "no candidate online" is unambiguous) and away_after_s = 0.
+# Every test but the last loads route_skills, and all set [presence] grace_ms = 0 (a closed
+# connection is offline at once, so "no candidate online" is unambiguous) and
+# away_after_s = 0.
 #
 # Where the man page leaves a detail open, the tests accept either reading and say so:
 # a queued send may or may not be followed by a "queued" task frame of its own (the ack
 # already says queued), so the helpers step over such creation frames (task state "queued"
-# without a reason) when they wait for another frame.
+# without a reason) when they wait for another frame; the sender of an untracked send may or
+# may not get a task frame when it is assigned.
 
 import asyncio
 import collections
@@ -1054,7 +1058,7 @@ async def test_refused_sends_and_task_frames():
 @async_test
 async def test_skill_send_without_route_skills_is_unknown_peer():
     # The harness's default modules.load: no route_skills.
-    async with Meshd(extra="[presence]\ngrace_ms = 0\n") as m:
+    async with Meshd(extra="[presence]\ngrace_ms = 0\naway_after_s = 0\n") as m:
         assert "route_skills" not in m.opts["load"]
         u = await user(m)
         await agents(m, ["a1"])
