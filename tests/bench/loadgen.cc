@@ -1738,7 +1738,7 @@ int main(int argc, char** argv) {
         usage(stdout);
         return 0;
     }
-    const size_t need = opt->mode == "idle"     ? 1
+    const size_t need = opt->mode == "idle"   ? 1
                         : !opt->group.empty() ? 1 + opt->members
                         : !opt->skill.empty() ? opt->pairs + opt->agents
                                               : 2 * opt->pairs;
