@@ -4,7 +4,9 @@
 // 127.0.0.1: N senders and N receivers, sender i -> receiver i. Senders keep up to --window
 // unacked `send` frames in flight (optionally paced to --rate msgs/s in total); receivers
 // record send->deliver latency and ack every 64 messages. One result block (or one JSON line
-// with --json) reports throughput and send->ack / send->deliver latency.
+// with --json) reports throughput and send->ack / send->deliver latency. With --skill, the
+// senders send to "skill:NAME" instead and the receivers are --agents agents that publish
+// that skill in their profile first: meshd picks one agent for each send (dispatch).
 //
 // It carries its own minimal RFC 6455 client (HTTP upgrade with Sec-WebSocket-Accept check,
 // masked client frames, fragmented and 16/64-bit-length server frames, ping -> pong, close
@@ -329,6 +331,8 @@ struct Options {
     std::string mode = "pairs"; // pairs | fill | replay | idle
     std::string group;          // pairs mode: one sender -> --members receivers, to "#group"
     size_t members = 0;
+    std::string skill;          // pairs mode: N senders -> "skill:NAME", served by --agents
+    size_t agents = 0;
     uint64_t count = 0;  // fill: stop after this many acks (0: after --duration-s)
     size_t conns = 0;    // idle: connections to hold
     size_t sources = 1;  // idle: source addresses 127.0.0.1 .. 127.0.0.K
@@ -349,6 +353,8 @@ void usage(FILE* to) {
         "  --json          print the result as one JSON line\n"
         "  --group G --members M   one sender -> M receivers (tokens: sender, then members),\n"
         "                  each send to \"#G\"; delivered counts every member's copy\n"
+        "  --skill K --agents A   N senders send to \"skill:K\" (no task), A agents (tokens:\n"
+        "                  senders, then agents) publish the skill and get one copy each\n"
         "  --mode fill     only the N senders connect (receivers stay offline, their logs\n"
         "                  grow); stops after --count acks or --duration-s; reports acks/s\n"
         "  --mode replay   only the N receivers connect, as a new device (cursor 0): the\n"
@@ -435,6 +441,11 @@ std::optional<Options> parse_options(int argc, char** argv) {
             }
         } else if (arg == "--group") {
             opt.group = std::string(value);
+        } else if (arg == "--skill") {
+            opt.skill = std::string(value);
+        } else if (arg == "--agents") {
+            if (!parse_number(value, opt.agents) || opt.agents < 1 || opt.agents > 10000)
+                bad("an integer 1..10000");
         } else if (arg == "--members") {
             if (!parse_number(value, opt.members) || opt.members < 1 || opt.members > 10000)
                 bad("an integer 1..10000");
@@ -460,6 +471,10 @@ std::optional<Options> parse_options(int argc, char** argv) {
         fail("--tokens is required");
     if (ok && opt.group.empty() != (opt.members == 0))
         fail("--group and --members go together");
+    if (ok && opt.skill.empty() != (opt.agents == 0))
+        fail("--skill and --agents go together");
+    if (ok && !opt.skill.empty() && (!opt.group.empty() || opt.mode != "pairs"))
+        fail("--skill goes with the pairs mode only, without --group");
     if (ok && opt.mode == "idle" && opt.conns == 0)
         fail("--mode idle needs --conns");
     if (!ok)
@@ -470,7 +485,8 @@ std::optional<Options> parse_options(int argc, char** argv) {
 // Seconds allowed for connect + upgrade + hello + synced on every connection: 5, plus 3 ms a
 // connection (idle mode), plus 120 for a replay of a large backlog.
 double setup_allowance_s(const Options& opt) {
-    const size_t conns = opt.mode == "idle" ? opt.conns : 2 * std::max(opt.pairs, opt.members);
+    const size_t conns =
+        opt.mode == "idle" ? opt.conns : 2 * std::max({opt.pairs, opt.members, opt.agents});
     return 5.0 + 0.003 * double(conns) + (opt.mode == "replay" ? 120.0 : 0.0);
 }
 
@@ -550,9 +566,19 @@ enum class Role { sender, receiver };
 // Connection state machine (function behind each transition):
 //   connecting --on_connected--> upgrading --on_upgrade_response--> hello_sent
 //   hello_sent --on_text(welcome)--> welcomed --on_text(synced)--> ready
+//   (--skill agents: welcomed --on_text(synced)--> publishing --on_text(ok)--> ready)
 //   any --on_close_frame / begin_close--> closing --EOF--> dead
 //   any --fail (protocol error, EOF without close, socket error)--> dead
-enum class ConnState { connecting, upgrading, hello_sent, welcomed, ready, closing, dead };
+enum class ConnState {
+    connecting,
+    upgrading,
+    hello_sent,
+    welcomed,
+    publishing,
+    ready,
+    closing,
+    dead
+};
 
 struct InflightSlot {
     uint64_t ref = 0;
@@ -607,10 +633,11 @@ class LoadGen {
   public:
     LoadGen(Options opt, std::vector<Credential> creds) : opt_(std::move(opt)) {
         const bool group = !opt_.group.empty();
+        const bool skill = !opt_.skill.empty();
         const bool idle = opt_.mode == "idle";
         // Credentials: senders first, then receivers (idle: any number, reused).
         senders_ = idle ? 0 : group ? 1 : opt_.pairs;
-        receivers_ = idle ? opt_.conns : group ? opt_.members : opt_.pairs;
+        receivers_ = idle ? opt_.conns : group ? opt_.members : skill ? opt_.agents : opt_.pairs;
         fanout_ = group ? opt_.members : 1;
         uint64_t ring_size = 1;
         while (ring_size < 2ull * opt_.window)
@@ -622,7 +649,9 @@ class LoadGen {
                 c.index = i;
                 c.name = creds[i].name;
                 c.token = creds[i].token;
-                c.peer = group ? "#" + opt_.group : creds[senders_ + i].name;
+                c.peer = group   ? "#" + opt_.group
+                         : skill ? "skill:" + opt_.skill
+                                 : creds[senders_ + i].name;
                 c.ring.resize(ring_size);
                 c.ring_mask = ring_size - 1;
                 c.in.resize(read_chunk);
@@ -712,6 +741,7 @@ class LoadGen {
     std::vector<int64_t> ack_lat_ns_;
     std::vector<int64_t> deliver_lat_ns_;
     std::map<std::string, uint64_t> errors_;
+    uint64_t task_frames_ = 0;
 
     double self_cpu_start_ = 0, self_cpu_window_ = 0;
     std::optional<double> server_cpu_start_, server_cpu_window_;
@@ -1221,6 +1251,11 @@ void LoadGen::on_text(Conn& c, std::string_view text) {
                 }
             }
         }
+        if (c.state == ConnState::publishing) {
+            setup_failure_ = "profile refused: " + std::string(code) + " " + std::string(message);
+            setup_failed_ = true;
+            begin_close(c, 1000);
+        }
         if (c.state == ConnState::hello_sent) {
             // unauthorized / resume_invalid: the session cannot start.
             setup_failure_ = "hello refused: " + std::string(code) + " " + std::string(message);
@@ -1231,11 +1266,26 @@ void LoadGen::on_text(Conn& c, std::string_view text) {
         if (c.state == ConnState::hello_sent)
             c.state = ConnState::welcomed;
     } else if (type == "synced") {
-        if (c.state == ConnState::welcomed) {
+        if (c.state == ConnState::welcomed && c.role == Role::receiver && !opt_.skill.empty()) {
+            // An agent is a candidate for the skill once its profile lists it.
+            scratch_.clear();
+            scratch_ += R"({"type":"profile","ref":"profile","skills":[)";
+            append_json_string(scratch_, opt_.skill);
+            scratch_ += "]}";
+            queue_frame(c, 0x1, scratch_);
+            c.state = ConnState::publishing;
+        } else if (c.state == ConnState::welcomed) {
             c.state = ConnState::ready;
             ++ready_count_;
             synced_ns_ = now;
         }
+    } else if (type == "ok" && c.state == ConnState::publishing) {
+        c.state = ConnState::ready;
+        ++ready_count_;
+        synced_ns_ = now;
+    } else if (type == "task") {
+        // A sender's task frames (meshd-protocol(7), WORK DISPATCH): not measured.
+        ++task_frames_;
     } else {
         count_error("client:unexpected_type");
     }
@@ -1570,9 +1620,13 @@ void LoadGen::report() const {
             append_json_string(j, setup_failure_);
         }
         j += ",\"broker\":\"meshd\",\"mode\":";
-        append_json_string(j, opt_.group.empty() ? opt_.mode : std::string("fanout"));
+        append_json_string(j, !opt_.group.empty()   ? std::string("fanout")
+                              : !opt_.skill.empty() ? std::string("dispatch")
+                                                    : opt_.mode);
         j += ",\"pairs\":" + std::to_string(senders_);
         j += ",\"members\":" + std::to_string(opt_.members);
+        j += ",\"agents\":" + std::to_string(opt_.agents);
+        j += ",\"task_frames\":" + std::to_string(task_frames_);
         j += ",\"acks_per_s\":" + num(setup_failed_ ? 0 : double(window_.acked) / secs, 1);
         if (opt_.mode == "idle") {
             auto opt_int = [](const std::optional<int64_t>& v) {
@@ -1684,9 +1738,10 @@ int main(int argc, char** argv) {
         usage(stdout);
         return 0;
     }
-    const size_t need = opt->mode == "idle" ? 1
-                        : opt->group.empty() ? 2 * opt->pairs
-                                             : 1 + opt->members;
+    const size_t need = opt->mode == "idle"   ? 1
+                        : !opt->group.empty() ? 1 + opt->members
+                        : !opt->skill.empty() ? opt->pairs + opt->agents
+                                              : 2 * opt->pairs;
     auto creds = read_tokens(opt->tokens_path, opt->mode == "idle" ? opt->conns : need, need);
     if (!creds)
         return 2;
