@@ -424,6 +424,8 @@ class Store {
     void touch(Principal* p);
     void wal_catch_up();
     std::chrono::steady_clock::time_point wal_checked_{};
+    bool wal_helper_asked_ = false; // a catch-up waits for the helper's pass number ...
+    uint64_t wal_helper_pass_ = 0;  // ... after this one
     core::Counter wal_catch_ups_;
     // Tail cache bookkeeping: every change to a Principal's tail goes through these.
     void tail_push(Principal* p, LogEntry entry);
