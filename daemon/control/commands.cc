@@ -603,21 +603,30 @@ void cmd_group_del(CommandContext& ctx, std::string_view group, const Reply& rep
 
 // ---- directory ---------------------------------------------------------------------------
 
+// The request's "skill" in canonical form into `out` (left as is when absent). False after
+// replying bad_request for a bad name.
+bool skill_arg(const control::Request& req, std::string& out, const Reply& reply) {
+    std::string_view skill = req.arg("skill");
+    if (skill.empty())
+        return true;
+    auto canonical = session::canonical_skill(skill);
+    if (!canonical) {
+        reply(fail("bad_request", "skill " + session::shown_value(skill) +
+                                      " is not a skill name: use 1-64 of a-z 0-9 . _ -"));
+        return false;
+    }
+    out = std::move(*canonical);
+    return true;
+}
+
 // The same listing as the who frame (session/presence), hidden principals included and
 // marked, every page at once.
 void cmd_who(CommandContext& ctx, const control::Request& req, const Reply& reply) {
     session::WhoQuery q;
     q.admin = true;
     q.limit = SIZE_MAX;
-    if (std::string_view skill = req.arg("skill"); !skill.empty()) {
-        auto canonical = session::canonical_skill(skill);
-        if (!canonical) {
-            reply(fail("bad_request", "skill " + session::shown_value(skill) +
-                                          " is not a skill name: use 1-64 of a-z 0-9 . _ -"));
-            return;
-        }
-        q.skill = std::move(*canonical);
-    }
+    if (!skill_arg(req, q.skill, reply))
+        return;
     if (std::string_view kind = req.arg("kind"); !kind.empty()) {
         if (kind != "user" && kind != "agent") {
             reply(fail("bad_request",
@@ -648,15 +657,8 @@ void cmd_tasks(CommandContext& ctx, const control::Request& req, const Reply& re
             return;
         }
     }
-    if (std::string_view skill = req.arg("skill"); !skill.empty()) {
-        auto canonical = session::canonical_skill(skill);
-        if (!canonical) {
-            reply(fail("bad_request", "skill " + session::shown_value(skill) +
-                                          " is not a skill name: use 1-64 of a-z 0-9 . _ -"));
-            return;
-        }
-        filter.skill = std::move(*canonical);
-    }
+    if (!skill_arg(req, filter.skill, reply))
+        return;
     auto rows = ctx.store.list_tasks(filter);
     if (!rows) {
         reply(fail(rows.error().code, rows.error().message));

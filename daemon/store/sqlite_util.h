@@ -2,6 +2,8 @@
 // connection in store.cc, the reader threads in reader.cc). Internal to the store layer.
 #pragma once
 
+#include "core/result.h"
+
 #include <sqlite3.h>
 #include <string>
 #include <string_view>
@@ -37,6 +39,22 @@ inline std::string_view column_text(sqlite3_stmt* s, int i) {
 
 inline std::string sqlite_message(sqlite3* db) {
     return db ? sqlite3_errmsg(db) : "out of memory";
+}
+
+// Runs `sql` once (prepared, stepped, finalized), calling row(stmt) for each row. Errors
+// name `path`.
+template <class Row>
+core::Result<void> for_each_row(sqlite3* db, const std::string& path, const char* sql, Row&& row) {
+    sqlite3_stmt* s = nullptr;
+    if (sqlite3_prepare_v2(db, sql, -1, &s, nullptr) != SQLITE_OK)
+        return core::make_error("internal", path + ": " + sqlite_message(db));
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW)
+        row(s);
+    sqlite3_finalize(s);
+    if (rc != SQLITE_DONE)
+        return core::make_error("internal", path + ": " + sqlite_message(db));
+    return {};
 }
 
 } // namespace meshd::store::detail

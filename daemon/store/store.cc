@@ -689,17 +689,8 @@ core::Result<void> Store::prepare_all() {
 }
 
 core::Result<void> Store::load() {
-    auto query = [&](const char* sql, auto&& row) -> core::Result<void> {
-        sqlite3_stmt* s = nullptr;
-        if (sqlite3_prepare_v2(db_, sql, -1, &s, nullptr) != SQLITE_OK)
-            return core::make_error("internal", db_path_ + ": " + sqlite_message(db_));
-        int rc;
-        while ((rc = sqlite3_step(s)) == SQLITE_ROW)
-            row(s);
-        sqlite3_finalize(s);
-        if (rc != SQLITE_DONE)
-            return core::make_error("internal", db_path_ + ": " + sqlite_message(db_));
-        return {};
+    auto query = [&](const char* sql, auto&& row) {
+        return detail::for_each_row(db_, db_path_, sql, row);
     };
     if (auto r = query("SELECT value FROM meta WHERE key = 'epoch'",
                        [&](sqlite3_stmt* s) { epoch_ = std::string(column_text(s, 0)); });

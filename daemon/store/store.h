@@ -405,6 +405,8 @@ class Store {
     core::Result<void> task_event(Principal* owner, const Task& t, int64_t msg_seq,
                                   std::string_view state, std::string_view extra, int64_t ts);
     std::string principal_name(int64_t pid) const;
+    core::Result<void> move_task(const Task& before, const Task& after, std::string_view state,
+                                 std::string_view extra, bool tell_holder, int64_t ts);
     void remember_task(const Task& before, bool existed); // undo entry for a changed task
     void put_task(const Task& t);                         // memory: open map, queue, held
     void drop_task(int64_t id);

@@ -117,24 +117,14 @@ core::Result<void> Store::prepare_tasks() {
 }
 
 core::Result<void> Store::load_tasks() {
-    auto run = [&](const std::string& sql, auto&& row) -> core::Result<void> {
-        sqlite3_stmt* s = nullptr;
-        if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &s, nullptr) != SQLITE_OK)
-            return core::make_error("internal", db_path_ + ": " + sqlite_message(db_));
-        int rc;
-        while ((rc = sqlite3_step(s)) == SQLITE_ROW)
-            row(s);
-        sqlite3_finalize(s);
-        if (rc != SQLITE_DONE)
-            return core::make_error("internal", db_path_ + ": " + sqlite_message(db_));
-        return {};
-    };
-    if (auto r = run("SELECT COALESCE(MAX(tid), 0) FROM tasks",
-                     [&](sqlite3_stmt* s) { next_task_id_ = sqlite3_column_int64(s, 0) + 1; });
+    if (auto r = detail::for_each_row(
+            db_, db_path_, "SELECT COALESCE(MAX(tid), 0) FROM tasks",
+            [&](sqlite3_stmt* s) { next_task_id_ = sqlite3_column_int64(s, 0) + 1; });
         !r)
         return r;
-    return run(std::string("SELECT ") + task_columns + " FROM tasks t WHERE t.state <= 2",
-               [&](sqlite3_stmt* s) { put_task(task_from_row(s)); });
+    std::string open = std::string("SELECT ") + task_columns + " FROM tasks t WHERE t.state <= 2";
+    return detail::for_each_row(db_, db_path_, open.c_str(),
+                                [&](sqlite3_stmt* s) { put_task(task_from_row(s)); });
 }
 
 void Store::put_task(const Task& t) {
@@ -252,6 +242,25 @@ core::Result<void> Store::task_event(Principal* owner, const Task& t, int64_t ms
     return {};
 }
 
+// Stores `after` in place of `before` (row and event in the batch), then memory, with undo.
+core::Result<void> Store::move_task(const Task& before, const Task& after, std::string_view state,
+                                    std::string_view extra, bool tell_holder, int64_t ts) {
+    if (auto r = write_task(after); !r)
+        return r;
+    if (auto r = task_event(find_pid(after.sender_pid), after, after.sender_seq, state, extra, ts);
+        !r)
+        return r;
+    if (tell_holder && after.agent_pid)
+        if (auto r =
+                task_event(find_pid(after.agent_pid), after, after.agent_seq, state, extra, ts);
+            !r)
+            return r;
+    remember_task(before, true);
+    drop_task(before.id);
+    put_task(after);
+    return {};
+}
+
 core::Result<SkillSendResult> Store::send_to_skill(Principal* sender, std::string_view skill,
                                                    std::string_view body,
                                                    std::string_view client_id, int64_t ts,
@@ -319,8 +328,8 @@ core::Result<SkillSendResult> Store::send_to_skill(Principal* sender, std::strin
 core::Result<void> Store::assign_task(Task& t, Principal& agent, int64_t ts) {
     Principal* sender = find_pid(t.sender_pid);
     if (!sender)
-        return core::make_error("not_found", "the sender of task " + std::to_string(t.id) +
-                                                 " was deleted");
+        return core::make_error("not_found",
+                                "the sender of task " + std::to_string(t.id) + " was deleted");
     if (auto r = begin_if_needed(); !r)
         return r;
     // The send's message, shared with the sender's log: from its memory tail while there,
@@ -374,39 +383,18 @@ core::Result<void> Store::assign_task(Task& t, Principal& agent, int64_t ts) {
     after.agent_seq = seq;
     after.updated_ms = ts;
     after.lease_until_ms = 0;
-    if (auto r = write_task(after); !r)
-        return r;
-    if (auto r = task_event(sender, after, after.sender_seq, "assigned", {}, ts); !r)
-        return r;
-    remember_task(before, true);
-    drop_task(t.id); // t refers into open_tasks_: not used below
-    put_task(after);
-    return {};
+    return move_task(before, after, "assigned", {}, false, ts); // t is gone from here on
 }
 
 core::Result<void> Store::set_task_state(Task& t, TaskState to, std::string_view extra,
                                          int64_t ts) {
-    Task before = t;
     Task after = t;
     after.state = to;
     after.updated_ms = ts;
     after.lease_until_ms = 0;
-    if (auto r = write_task(after); !r)
-        return r;
-    if (auto r = task_event(find_pid(after.sender_pid), after, after.sender_seq, to_string(to),
-                            extra, ts);
-        !r)
-        return r;
-    // The holder learns of what ended its work from elsewhere.
-    if ((to == TaskState::canceled || to == TaskState::expired) && after.agent_pid)
-        if (auto r = task_event(find_pid(after.agent_pid), after, after.agent_seq, to_string(to),
-                                extra, ts);
-            !r)
-            return r;
-    remember_task(before, true);
-    drop_task(before.id);
-    put_task(after);
-    return {};
+    // The holder learns from its own log of what ended its work from elsewhere.
+    bool tell_holder = to == TaskState::canceled || to == TaskState::expired;
+    return move_task(t, after, to_string(to), extra, tell_holder, ts);
 }
 
 core::Result<void> Store::requeue_task(Task& t, int64_t ts) {
@@ -420,18 +408,9 @@ core::Result<void> Store::requeue_task(Task& t, int64_t ts) {
     after.agent_seq = 0;
     after.updated_ms = after.queued_ms = ts;
     after.lease_until_ms = 0;
-    if (auto r = write_task(after); !r)
-        return r;
     std::string extra = R"(,"reason":"lease_expired","previous":)";
     core::json_append_string(extra, principal_name(before.agent_pid));
-    if (auto r =
-            task_event(find_pid(after.sender_pid), after, after.sender_seq, "queued", extra, ts);
-        !r)
-        return r;
-    remember_task(before, true);
-    drop_task(before.id);
-    put_task(after);
-    return {};
+    return move_task(before, after, "queued", extra, false, ts);
 }
 
 core::Result<void> Store::set_task_lease(Task& t, int64_t until_ms) {
