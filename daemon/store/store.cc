@@ -839,6 +839,7 @@ core::Result<void> Store::begin_if_needed() {
         return core::make_error("unavailable", batch_error_);
     if (in_txn_)
         return {};
+    last_write_errno(); // a failure of this batch is told with its own errno
     sqlite3_stmt* s = stmt(s_begin);
     int rc = sqlite3_step(s);
     sqlite3_reset(s);
@@ -851,8 +852,12 @@ core::Result<void> Store::begin_if_needed() {
 core::Error Store::fail_batch(const char* what) {
     if (!batch_failed_) {
         batch_failed_ = true;
+        std::string why = sqlite_message(db_);
+        int err = last_write_errno();
+        if (err != 0 && err != ENOSPC && (sqlite3_errcode(db_) & 0xff) == SQLITE_IOERR)
+            why += std::string(" (") + std::strerror(err) + ")"; // ENOSPC: SQLite says "full"
         batch_error_ = std::string("storage cannot take the write now (") + what + ": " +
-                       sqlite_message(db_) + "); nothing was stored, retry later";
+                       why + "); nothing was stored, retry later";
     }
     return core::make_error("unavailable", batch_error_);
 }

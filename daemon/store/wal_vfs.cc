@@ -4,6 +4,7 @@
 #include "core/log.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <mutex>
 #include <sqlite3.h>
@@ -36,6 +37,15 @@ sqlite3_vfs shim_vfs{};
 // time, so every operation that could observe those bytes runs on this thread after them.
 thread_local ShimFile* pending = nullptr;
 
+// errno of this thread's last failed write, sync or truncate (see last_write_errno()).
+thread_local int failed_errno = 0;
+
+int noted(int rc) {
+    if (rc != SQLITE_OK)
+        failed_errno = errno;
+    return rc;
+}
+
 int flush(ShimFile* f) {
     WalBuffer& b = *f->wal;
     if (pending == f)
@@ -47,8 +57,9 @@ int flush(ShimFile* f) {
     int rc = SQLITE_OK;
     for (size_t done = 0; done < b.bytes.size() && rc == SQLITE_OK;) {
         size_t n = std::min(b.bytes.size() - done, max_write_bytes);
-        rc = f->real->pMethods->xWrite(f->real, b.bytes.data() + done, static_cast<int>(n),
-                                       b.offset + static_cast<sqlite3_int64>(done));
+        rc = noted(f->real->pMethods->xWrite(f->real, b.bytes.data() + done,
+                                             static_cast<int>(n),
+                                             b.offset + static_cast<sqlite3_int64>(done)));
         done += n;
     }
     b.bytes.clear();
@@ -85,7 +96,7 @@ int x_write(sqlite3_file* file, const void* data, int amt, sqlite3_int64 off) {
         if (int rc = flush_pending(); rc != SQLITE_OK)
             return rc;
     if (!f->wal)
-        return f->real->pMethods->xWrite(f->real, data, amt, off);
+        return noted(f->real->pMethods->xWrite(f->real, data, amt, off));
     WalBuffer& b = *f->wal;
     if (!b.bytes.empty() && off != b.offset + static_cast<sqlite3_int64>(b.bytes.size()))
         if (int rc = flush(f); rc != SQLITE_OK)
@@ -109,13 +120,13 @@ int x_write(sqlite3_file* file, const void* data, int amt, sqlite3_int64 off) {
 int x_truncate(sqlite3_file* f, sqlite3_int64 size) {
     if (int rc = flush_pending(); rc != SQLITE_OK)
         return rc;
-    return real(f)->pMethods->xTruncate(real(f), size);
+    return noted(real(f)->pMethods->xTruncate(real(f), size));
 }
 
 int x_sync(sqlite3_file* f, int flags) {
     if (int rc = flush_pending(); rc != SQLITE_OK)
         return rc;
-    return real(f)->pMethods->xSync(real(f), flags);
+    return noted(real(f)->pMethods->xSync(real(f), flags));
 }
 
 int x_file_size(sqlite3_file* f, sqlite3_int64* size) {
@@ -276,6 +287,12 @@ const char* wal_batching_vfs() {
         ok = sqlite3_vfs_register(&shim_vfs, 0) == SQLITE_OK;
     });
     return ok ? shim_vfs.zName : nullptr;
+}
+
+int last_write_errno() {
+    int e = failed_errno;
+    failed_errno = 0;
+    return e;
 }
 
 } // namespace meshd::store

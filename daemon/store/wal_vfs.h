@@ -17,4 +17,9 @@ namespace meshd::store {
 // to sqlite3_open_v2; null if it cannot be registered (then use the default VFS).
 const char* wal_batching_vfs();
 
+// The errno of this thread's last failed write, sync or truncate through the shim, 0 if
+// none since the last call; clears it. SQLite itself only says "disk I/O error", whether
+// the disk failed or the kernel remounted the file system read-only.
+int last_write_errno();
+
 } // namespace meshd::store

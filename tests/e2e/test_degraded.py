@@ -2,15 +2,18 @@
 # and abuse). A full disk (the data dir on a small tmpfs) and a database write-locked by
 # another process: sends get error{code:"unavailable"} with a message saying why, nothing
 # acked is lost, meshd keeps serving, `meshctl status` says "degraded", and everything
-# works again once the cause is gone. A corrupt or newer-schema database is refused at start
-# with a message naming the file.
+# works again once the cause is gone. A file system the kernel turns read-only after a disk
+# error: the same refusal, saying "Read-only file system", and nothing acked lost after the
+# admin's fsck. A corrupt or newer-schema database is refused at start with a message naming
+# the file.
 #
-# The disk-full case mounts a tmpfs, which needs root (CI runs as root); elsewhere it is
-# skipped with the reason.
+# The disk-full and read-only cases mount file systems, which needs root (CI runs as root);
+# elsewhere they are skipped with the reason.
 
 import os
 import sqlite3
 import subprocess
+import tempfile
 import threading
 
 import pytest
@@ -85,6 +88,82 @@ async def test_disk_full_then_space_freed():
             assert "event=store.degraded" in log and "event=store.recovered" in log
     finally:
         umount(m.data_dir)
+
+
+def mount_ext4(path, image, size_mb):
+    """A small ext4 file system in image, mounted at path the way Debian mounts its root:
+    errors=remount-ro. Returns its /sys/fs/ext4 directory."""
+    with open(image, "wb") as f:
+        f.truncate(size_mb << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True)
+    subprocess.run(["mount", "-o", "loop,errors=remount-ro", image, path], check=True)
+    dev = subprocess.run(["findmnt", "-n", "-o", "SOURCE", path], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    return os.path.join("/sys/fs/ext4", os.path.basename(dev))
+
+
+def have_ext4_error_trigger():
+    return can_mount() and os.path.isdir("/sys/fs/ext4") and \
+        os.path.exists("/dev/loop-control") and \
+        subprocess.run(["which", "mkfs.ext4"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not have_ext4_error_trigger(),
+                    reason="needs root, loop devices, mkfs.ext4 and ext4's trigger_fs_error")
+@async_test
+async def test_file_system_turns_read_only():
+    # What a disk error does on a Debian server: ext4 aborts its journal and the file system
+    # goes read-only under the running meshd (root could still write a 0444 file, so a mode
+    # would test nothing here). It stays read-only until it is unmounted and checked, so the
+    # recovery is the admin's: stop meshd, fsck, mount, start. Only sync = "full" acks after
+    # the WAL is on the disk: with "normal" an ack means the kernel has it, and the kernel
+    # drops what the aborted journal had not written.
+    m = Meshd(start=False, storage={"sync": "full"})
+    fd, image = tempfile.mkstemp(prefix="meshd-e2e-fs-", suffix=".img")
+    os.close(fd)
+    sysfs = mount_ext4(m.data_dir, image, 64)
+    try:
+        async with m:
+            m.start()
+            ta, tb = m.add_user("alice"), m.add_user("bob")
+            a = await m.login(ta, label="alice")
+            sent = [f"m{i}" for i in range(20)]
+            for i, body in enumerate(sent):
+                await a.send("bob", body, ref=f"r{i}")
+                await a.expect("ack", ref=f"r{i}", seq=i + 1)
+            with open(os.path.join(sysfs, "trigger_fs_error"), "w") as f:
+                f.write("meshd test: simulated disk error\n")
+            await a.send("bob", "while read-only", ref="ro")
+            err = await a.expect_error("unavailable", ref="ro", timeout=10)
+            assert "read-only" in err["message"].lower() and "retry" in err["message"], err
+            st = m.ctl("status")
+            assert st["store"]["state"] == "degraded", st
+            assert "read-only" in st["store"]["message"].lower(), st
+            # Still serving: logins and replays read what is stored; more sends are refused
+            # the same way.
+            b = await m.login(tb, label="bob")
+            assert [x["body"] for x in b.replayed] == sent
+            await a.send("bob", "again", ref="ro2")
+            await a.expect_error("unavailable", ref="ro2", timeout=10)
+            await b.assert_no_frame()
+            await a.close()
+            await b.close()
+            await m.stop()
+            assert "event=store.degraded" in m.log_text()
+            subprocess.run(["umount", m.data_dir], check=True)
+            fsck = subprocess.run(["e2fsck", "-f", "-y", image], capture_output=True)
+            assert fsck.returncode in (0, 1), fsck  # 1: errors corrected
+            subprocess.run(["mount", "-o", "loop", image, m.data_dir], check=True)
+            m.start()
+            a = await m.login(ta, device="fresh", label="alice")
+            await a.send("bob", "after", ref="after")
+            await a.expect("ack", ref="after", seq=len(sent) + 1, timeout=10)
+            b = await m.login(tb, device="fresh", label="bob")
+            assert [x["body"] for x in b.replayed] == sent + ["after"]
+            assert m.ctl("status")["store"]["state"] == "ok"
+    finally:
+        umount(m.data_dir)
+        os.unlink(image)
 
 
 class WriteLock:
