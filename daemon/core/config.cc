@@ -878,10 +878,42 @@ std::string code_point_text(const Utf8Char& c) {
     return buf;
 }
 
+// toml++ reads a value that starts with a digit or a sign ahead, up to the next space, tab,
+// line break, comma, ], } or # and across quotes, asking of each character whether it is
+// whitespace: the same undefined behaviour as a non-ASCII character outside a string. It
+// also reads on past one space before a digit ("1979-05-27 07:32:00"). Returns the
+// position of a non-ASCII byte in the run that starts at i; end: where the run ends.
+std::optional<size_t> non_ascii_in_run(std::string_view text, size_t i, size_t& end) {
+    auto ends_run = [](char c) {
+        return c == ' ' || c == '\t' || (c >= '\n' && c <= '\r') || c == ',' || c == ']' ||
+               c == '}' || c == '#';
+    };
+    size_t k = i;
+    for (;;) {
+        for (; k < text.size() && !ends_run(text[k]); ++k)
+            if (static_cast<unsigned char>(text[k]) >= 0x80) {
+                end = k;
+                return k;
+            }
+        if (k + 1 < text.size() && text[k] == ' ' && text[k + 1] >= '0' && text[k + 1] <= '9') {
+            ++k;
+            continue;
+        }
+        end = k;
+        return std::nullopt;
+    }
+}
+
 std::optional<UnsafeCharacter> find_unsafe_character(std::string_view text) {
     enum class State { outside, comment, basic, literal, ml_basic, ml_literal };
     State state = State::outside;
     size_t line = 1, line_start = 0, i = 0;
+    size_t run_checked_until = 0; // the digit-or-sign run checked last ends here
+    // Where keys are (toml++ never reads ahead in a key, and `1="\u00e9"` is valid): at the
+    // start of a statement, in a table header, after { or a comma of an inline table, up to
+    // the =. `open` holds the brackets: a = array, h = header, i = inline table.
+    bool in_key = true;
+    std::string open;
     if (text.substr(0, 3) == "\xEF\xBB\xBF")
         i = line_start = 3; // a byte order mark, which toml++ skips
     auto fail = [&](size_t at, std::string message) {
@@ -903,13 +935,30 @@ std::optional<UnsafeCharacter> find_unsafe_character(std::string_view text) {
         if (ch == '\n') {
             ++line;
             line_start = i + 1;
-            if (state != State::ml_basic && state != State::ml_literal)
+            if (state != State::ml_basic && state != State::ml_literal) {
                 state = State::outside; // comments end here; one-line strings too (unclosed)
+                if (open.empty() || open.back() == 'h')
+                    in_key = true, open.clear();
+            }
             ++i;
             continue;
         }
         switch (state) {
         case State::outside:
+            if (ch == '=') {
+                in_key = false;
+            } else if (ch == '[') {
+                open += in_key && (open.empty() || open.back() == 'h') ? 'h' : 'a';
+            } else if (ch == '{') {
+                open += 'i';
+                in_key = true;
+            } else if (ch == ']' || ch == '}') {
+                if (!open.empty())
+                    open.pop_back();
+                in_key = false;
+            } else if (ch == ',') {
+                in_key = !open.empty() && open.back() == 'i';
+            }
             if (ch == '#') {
                 state = State::comment;
             } else if (ch == '"' || ch == '\'') {
@@ -922,6 +971,13 @@ std::optional<UnsafeCharacter> find_unsafe_character(std::string_view text) {
                 return fail(i, "non-ASCII " + code_point_text(decode_utf8(text, i)) +
                                    " outside a quoted string or comment: TOML allows non-ASCII "
                                    "text only there (quote a key that needs it)");
+            } else if (((ch >= '0' && ch <= '9') || ch == '+' || ch == '-') && !in_key &&
+                       i >= run_checked_until) {
+                if (auto at = non_ascii_in_run(text, i, run_checked_until))
+                    return fail(*at, "non-ASCII " + code_point_text(decode_utf8(text, *at)) +
+                                         " in the quote right after a number or date, which the "
+                                         "TOML library meshd uses (toml++ 3.3) cannot read "
+                                         "safely: put a space or a comma before the quote");
             }
             break;
         case State::comment:

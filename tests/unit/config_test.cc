@@ -623,6 +623,38 @@ TEST(ConfigSyntax, NonAsciiOutsideStringsIsRefusedBeforeTomlpp) {
     });
 }
 
+// toml++ 3.3 reads a number or date ahead across quotes, with the same undefined behaviour
+// (found by tests/fuzz/config_fuzz with `2.710".0\u0493a"` in an array): refused too.
+TEST(ConfigSyntax, NonAsciiInAQuoteGluedToANumberIsRefused) {
+    const std::string glued = " in the quote right after a number or date, which the TOML "
+                              "library meshd uses (toml++ 3.3) cannot read safely: put a space "
+                              "or a comma before the quote";
+    check_rows({
+        {"x = 2.7\"\xd2\x93\"\n", {"meshd.toml:1:9: non-ASCII U+0493" + glued}},
+        {"[server]\nlisten = [\"a\", 1\"\xc3\xa9\"]\n",
+         {"meshd.toml:2:18: non-ASCII U+00E9" + glued}},
+        {"x = -'\xc3\xa9'\n", {"meshd.toml:1:7: non-ASCII U+00E9" + glued}},
+        {"d = 1979-05-27 07\"\xc3\xa9\"\n", {"meshd.toml:1:19: non-ASCII U+00E9" + glued}},
+        {"x = {a = 1, b = [2\"\xc3\xa9\"]}\n", {"meshd.toml:1:20: non-ASCII U+00E9" + glued}},
+        {"x = [\n  [3,\n   4\"\xc3\xa9\"]]\n", {"meshd.toml:3:6: non-ASCII U+00E9" + glued}},
+    });
+    // Separated by a space, a comma or a bracket, it is an ordinary string (or toml++'s own
+    // syntax error).
+    EXPECT_EQ(parse_ok("[auth_token]\nx = [1, \"\xc3\xa9\", 2 ]\n")
+                  .module_tables["auth_token"]
+                  .size(),
+              1u);
+    // Keys are never read ahead: a key that starts with a digit may be followed by a quote.
+    for (const char* doc : {"[auth_token]\nk1=\"\xc3\xa9\"\n", "[auth_token]\n1.\"\xc3\xa9\" = 1\n",
+                            "[auth_token]\nt = {1.\"\xc3\xa9\"=1, 2=\"\xc3\xa9\"}\n",
+                            "[auth_token.1.\"\xc3\xa9\"]\n", "[[auth_token.2\"\"]]\nx=[1]\n3=\"\xc3\xa9\"\n"}) {
+        ConfigResult r = parse_config(doc, "meshd.toml");
+        for (const ConfigError& e : r.errors)
+            EXPECT_EQ(e.message.find("non-ASCII"), std::string::npos) << doc << ": "
+                                                                        << e.to_string();
+    }
+}
+
 // Everywhere TOML allows it, non-ASCII text still reaches toml++ and the config unchanged.
 TEST(ConfigSyntax, NonAsciiInStringsAndCommentsIsKept) {
     const std::string doc = "\xef\xbb\xbf# caf\xc3\xa9\n"
