@@ -610,7 +610,11 @@ core::Result<void> Store::open_db() {
                                 db_path_ + ": cannot open database: " + sqlite_message(db_));
     sqlite3_extended_result_codes(db_, 1);
     // journal_size_limit: when the writer restarts the WAL it truncates the file to this.
-    std::string pragmas = "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; "
+    // page_size: only a new database takes it (before its first write). A commit rewrites
+    // every page it touches, and a group message touches one log page per member: 1 KiB
+    // pages cut the WAL bytes per commit by 4 against SQLite's 4 KiB (README, Performance).
+    std::string pragmas = "PRAGMA page_size=" + std::to_string(page_bytes()) +
+                          "; PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; "
                           "PRAGMA temp_store=MEMORY; PRAGMA cache_size=-16384; "
                           "PRAGMA journal_size_limit=" +
                           std::to_string(options_.checkpoint_wal_bytes) + "; PRAGMA synchronous=";

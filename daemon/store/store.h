@@ -232,6 +232,8 @@ class Store {
 
     // The newest schema (migration number) this build knows.
     static int schema_version();
+    // The page size of a database this store creates (an existing one keeps its own).
+    static constexpr int page_bytes() { return 1024; }
     const std::string& epoch() const { return epoch_; }
     const std::string& db_path() const { return db_path_; }
     void set_dedupe_window_s(int64_t s) { options_.dedupe_window_s = s; }
