@@ -59,7 +59,7 @@ constexpr const char* kUsage =
 Administer a running meshd through its control socket.
 
 Commands:
-  status                   version, listeners, modules, connection counts, store state
+  status                   version, listeners, modules, connections, tasks, store state
   user add NAME [--agent]  add a user (or an agent) and print its token, shown only once
   user list                list users and agents
   user del NAME            delete NAME and close its sessions
@@ -925,6 +925,23 @@ std::string render_status(element r) {
             " (" + int_or(by_kind, "user") + " user, " + int_or(by_kind, "agent") + " agent)";
     out += "sessions:     " + sessions + '\n';
     out += "principals:   " + int_or(r, "principals") + '\n';
+    element tasks;
+    if (r["tasks"].get(tasks) == simdjson::SUCCESS) {
+        std::string line = int_or(tasks, "queued") + " queued";
+        std::vector<std::string> skills;
+        simdjson::dom::object by_skill;
+        if (tasks["queued_by_skill"].get(by_skill) == simdjson::SUCCESS)
+            for (auto [skill, n] : by_skill) {
+                int64_t count = 0;
+                if (n.get_int64().get(count) == simdjson::SUCCESS)
+                    skills.push_back(printable(skill) + " " + std::to_string(count));
+            }
+        if (!skills.empty())
+            line += " (" + join(skills, ", ") + ")";
+        line += ", " + int_or(tasks, "assigned") + " assigned, " + int_or(tasks, "working") +
+                " working";
+        out += "tasks:        " + line + '\n';
+    }
     element store;
     if (r["store"].get(store) == simdjson::SUCCESS) {
         std::string state = str_or(store, "state");

@@ -100,6 +100,30 @@ void cmd_status(CommandContext& ctx, const Reply& reply) {
     field_int(r, "agent", static_cast<int64_t>(ctx.broker.session_count(store::Kind::agent)));
     r += '}';
     field_int(r, "principals", static_cast<int64_t>(ctx.store.principal_count()));
+    // Unfinished tasks by state, and the queued ones by skill (what waits for an agent).
+    int64_t queued = 0, assigned = 0, working = 0;
+    std::map<std::string_view, int64_t> by_skill;
+    for (const auto& [id, t] : ctx.store.open_tasks()) {
+        if (t.state == store::TaskState::queued) {
+            ++queued;
+            ++by_skill[t.skill];
+        } else if (t.state == store::TaskState::working) {
+            ++working;
+        } else {
+            ++assigned;
+        }
+    }
+    r += R"(,"tasks":{)";
+    field_int(r, "queued", queued, true);
+    field_int(r, "assigned", assigned);
+    field_int(r, "working", working);
+    r += R"(,"queued_by_skill":{)";
+    first = true;
+    for (const auto& [skill, n] : by_skill) {
+        field_int(r, skill, n, first);
+        first = false;
+    }
+    r += "}}";
     r += R"(,"store":{)";
     field(r, "path", ctx.store.db_path(), true);
     field_int(r, "bytes", st.db_bytes);

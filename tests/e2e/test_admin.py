@@ -215,6 +215,8 @@ async def test_status_shape():
         assert all(isinstance(x.get("version"), str) and x["version"] for x in st["modules"]), st
         assert st["connections"] == 2 and st["sessions"] == 1, st
         assert st["principals"] == 2, st
+        assert st["tasks"] == {"queued": 0, "assigned": 0, "working": 0,
+                               "queued_by_skill": {}}, st
         store = st["store"]
         assert store["state"] == "ok" and store["message"] == "", store
         assert os.path.dirname(store["path"]) == os.path.realpath(m.data_dir) or \

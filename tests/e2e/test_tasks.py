@@ -421,6 +421,12 @@ async def test_queued_while_no_agent_online_then_assigned_in_order():
         assert d["type"] == "ack" and d.get("dup") is True, d
         assert d["seq"] == acks[0]["seq"] and d["task"] == ids[0], d
         assert d["state"] == "queued", d
+        # meshctl status shows what waits, by skill.
+        st = m.ctl("status")["tasks"]
+        assert st == {"queued": 3, "assigned": 0, "working": 0,
+                      "queued_by_skill": {"translate": 3}}, st
+        assert "tasks:        3 queued (translate 3), 0 assigned, 0 working\n" in \
+            m.ctl("status", json=False)
         # a1 connects: it gets all three, in order, and the sender learns each assignment.
         a1 = await rejoin(m, ag["a1"])
         for (body, task), a in zip(jobs, acks):
@@ -439,6 +445,8 @@ async def test_queued_while_no_agent_online_then_assigned_in_order():
         d = await u.reply("again2")
         assert d.get("dup") is True and d["task"] == ids[0] and d["state"] == "assigned", d
         await u.quiet(0.1)
+        st = m.ctl("status")["tasks"]
+        assert st == {"queued": 0, "assigned": 3, "working": 0, "queued_by_skill": {}}, st
 
 
 @async_test
