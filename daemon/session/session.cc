@@ -456,6 +456,11 @@ void Session::login(store::Principal& p, const HelloRequest& hello, std::string 
     core::json_append_int(w, cursor);
     w += R"(,"read":)";
     core::json_append_int(w, p.read_upto);
+    // What another device (or an earlier session) set: a new device starts from it.
+    w += R"(,"status":)";
+    core::json_append_string(w, store::to_string(p.status));
+    w += R"(,"note":)";
+    core::json_append_string(w, p.note);
     w += R"(,"events":[)";
     if (wants_receipts_)
         w += R"("receipts")";

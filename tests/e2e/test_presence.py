@@ -179,11 +179,15 @@ async def test_status_and_note_survive_restart_and_show_offline():
         await cb.close()
         await m.restart()
         ca = await m.login(ta, label="alice")
+        assert (ca.welcome["status"], ca.welcome["note"]) == ("available", ""), ca.welcome
         r = await watch(ca, ["bob"])
         p = check_presence(r["presence"][0], "bob", online=False, status="busy",
                            note="in a meeting")
         assert type(p["last_seen"]) is int, f"bob was connected before the restart: {p}"
         cb = await m.login(tb, label="bob/again")
+        # A device starts from what the principal set, on any device, before the restart.
+        assert (cb.welcome["status"], cb.welcome["note"]) == ("busy", "in a meeting"), \
+            cb.welcome
         await expect_presence(ca, "bob", online=True, status="busy", note="in a meeting")
         # A status without a note clears the note.
         await set_status(cb, "busy")
