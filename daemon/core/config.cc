@@ -573,7 +573,7 @@ constexpr KeySpec key_table[] = {
      .help = "memory for the newest log entries of every principal together, in bytes",
      .set = set_integer<&Config::cache_bytes>, .same = same_member<&Config::cache_bytes>},
     {.name = "storage.checkpoint_wal_bytes", .kind = Kind::integer,
-     .default_toml = "67108864", .min = 1048576, .max = 17179869184,
+     .default_toml = "268435456", .min = 1048576, .max = 17179869184,
      .help = "WAL size in bytes that triggers a checkpoint",
      .set = set_integer<&Config::checkpoint_wal_bytes>,
      .same = same_member<&Config::checkpoint_wal_bytes>},

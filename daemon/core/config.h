@@ -69,7 +69,7 @@ struct Config {
     int64_t cache_bytes = 67108864;
     int64_t retention_days = 0;
     int64_t max_log_entries = 0;
-    int64_t checkpoint_wal_bytes = 67108864;
+    int64_t checkpoint_wal_bytes = 268435456;
     // [log]
     LogLevel log_level = LogLevel::info;
     // [presence]

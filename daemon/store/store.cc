@@ -312,11 +312,16 @@ core::Result<void> load_secret(const std::string& path, unsigned char out[32]) {
 // Runs a PASSIVE checkpoint on its own connection once a second, so that the loop seldom
 // checkpoints (wal_autocheckpoint=0; a PASSIVE checkpoint never blocks the writer, a RESTART
 // one would make the loop's BEGIN fail). Under writes without pause its passes never catch up
-// completely, so the WAL could not restart: Store::wal_catch_up() then finishes the job on
-// the loop. (Passes back to back made that worse: a pass reads the WAL, and a WAL being read
-// cannot restart.)
+// completely, so the WAL could not restart: Store::wal_catch_up() asks for a catch-up, and
+// then finishes the job on the loop. A catch-up is passes back to back, each copying what
+// the loop committed during the one before, until one copies at most kTailFrames: the loop
+// is left a tail of about that size to copy. (Passes back to back without end made the WAL
+// grow instead: a pass reads the WAL, and a WAL being read cannot restart.)
 class Checkpointer {
   public:
+    static constexpr int kTailFrames = 256; // 256 KiB of 1 KiB pages
+    static constexpr int kMaxRounds = 8;    // the loop writes faster than a pass copies
+
     explicit Checkpointer(std::string path) : path_(std::move(path)) {
         thread_ = std::thread([this] { run(); });
     }
@@ -331,7 +336,8 @@ class Checkpointer {
     Checkpointer(const Checkpointer&) = delete;
     Checkpointer& operator=(const Checkpointer&) = delete;
 
-    // Asks for a pass now (instead of at the next second); passes() counts finished ones.
+    // Asks for a catch-up now (instead of a pass at the next second); catch_ups() counts the
+    // finished ones.
     void request() {
         {
             std::lock_guard lock(mu_);
@@ -339,7 +345,7 @@ class Checkpointer {
         }
         cv_.notify_all();
     }
-    uint64_t passes() const { return passes_.load(std::memory_order_acquire); }
+    uint64_t catch_ups() const { return catch_ups_.load(std::memory_order_acquire); }
 
   private:
     void run() {
@@ -357,14 +363,34 @@ class Checkpointer {
             cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stop_ || requested_; });
             if (stop_)
                 break;
+            bool catch_up = requested_;
             requested_ = false;
             lock.unlock();
-            int rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr,
-                                               nullptr);
-            if (rc != SQLITE_OK && rc != SQLITE_BUSY)
-                MESHD_LOG(warn, "store.checkpoint_failed", "message=%s",
-                          core::log_value(sqlite3_errmsg(db)).c_str());
-            passes_.fetch_add(1, std::memory_order_release);
+            int rounds = catch_up ? kMaxRounds : 1;
+            int before = -1; // frames backfilled before this pass, -1: unknown
+            for (int i = 0; i < rounds; ++i) {
+                int frames = 0, backfilled = 0;
+                int rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE,
+                                                   &frames, &backfilled);
+                if (rc != SQLITE_OK) {
+                    if (rc != SQLITE_BUSY)
+                        MESHD_LOG(warn, "store.checkpoint_failed", "message=%s",
+                                  core::log_value(sqlite3_errmsg(db)).c_str());
+                    break;
+                }
+                // Fewer backfilled frames than before: the WAL restarted in between.
+                int copied = before < 0 ? kTailFrames + 1
+                             : backfilled < before ? backfilled
+                                                   : backfilled - before;
+                before = backfilled;
+                if (catch_up)
+                    MESHD_LOG(debug, "store.catch_up_pass", "round=%d frames=%d copied=%d", i,
+                              frames, copied);
+                if (copied <= kTailFrames)
+                    break;
+            }
+            if (catch_up)
+                catch_ups_.fetch_add(1, std::memory_order_release);
             lock.lock();
         }
         lock.unlock();
@@ -376,7 +402,7 @@ class Checkpointer {
     std::condition_variable cv_;
     bool stop_ = false;
     bool requested_ = false;
-    std::atomic<uint64_t> passes_{0};
+    std::atomic<uint64_t> catch_ups_{0};
     std::thread thread_;
 };
 
@@ -1697,26 +1723,26 @@ core::Result<void> Store::commit(std::vector<Principal*>& touched_out) {
 // The WAL can only restart from its beginning after a checkpoint that backfilled every frame,
 // and the Checkpointer's PASSIVE passes never finish while the loop keeps committing: under
 // saturating writes the file grew by about 170 MB/s (16 senders x 8 in flight). So once the
-// WAL is over storage.checkpoint_wal_bytes, in two steps: the helper is asked for a pass at
-// once (it copies the bulk and syncs the database file, off the loop); when that pass is
-// done, the loop runs one PASSIVE checkpoint itself, which only has the pages written since
-// to copy. No frame is added meanwhile, so it completes and the next transaction restarts
-// the WAL. Doing the whole copy on the loop cost a quarter of the p2p throughput.
+// WAL is over storage.checkpoint_wal_bytes, in two steps: the helper is asked for a catch-up
+// (passes that copy the bulk and sync the database file, off the loop, until the tail is
+// small); when it is done, the loop runs one PASSIVE checkpoint itself, which only has that
+// tail to copy. No frame is added meanwhile, so it completes and the next transaction
+// restarts the WAL. Doing the whole copy on the loop cost a quarter of the p2p throughput.
 void Store::wal_catch_up() {
     auto now = std::chrono::steady_clock::now();
-    if (now - wal_checked_ < std::chrono::milliseconds(20))
-        return;
-    wal_checked_ = now;
     if (!wal_helper_asked_) {
+        if (now - wal_checked_ < std::chrono::milliseconds(20))
+            return; // a stat() at most every 20 ms
+        wal_checked_ = now;
         if (file_size(db_path_ + "-wal") <= options_.checkpoint_wal_bytes)
             return;
         wal_helper_asked_ = true;
-        wal_helper_pass_ = checkpointer_->passes();
+        wal_helper_pass_ = checkpointer_->catch_ups();
         checkpointer_->request();
         return;
     }
-    if (checkpointer_->passes() == wal_helper_pass_)
-        return; // the helper's pass is still running
+    if (checkpointer_->catch_ups() == wal_helper_pass_)
+        return; // the helper's catch-up is still running
     wal_helper_asked_ = false;
     int wal_frames = 0, backfilled = 0;
     int rc = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal_frames,

@@ -145,7 +145,7 @@ struct StoreOptions {
     std::string data_dir;
     core::SyncMode sync = core::SyncMode::normal;
     int64_t dedupe_window_s = 86400;
-    int64_t checkpoint_wal_bytes = 64 << 20;
+    int64_t checkpoint_wal_bytes = 256 << 20;
     size_t tail_limit = 256;
     // Budget of every principal's tail together: bodies and names of cached messages (a
     // message cached in several tails counts in each) plus a fixed cost per entry.
@@ -428,7 +428,7 @@ class Store {
     void touch(Principal* p);
     void wal_catch_up();
     std::chrono::steady_clock::time_point wal_checked_{};
-    bool wal_helper_asked_ = false; // a catch-up waits for the helper's pass number ...
+    bool wal_helper_asked_ = false; // a catch-up waits for the helper's catch-up number ...
     uint64_t wal_helper_pass_ = 0;  // ... after this one
     core::Counter wal_catch_ups_;
     // Tail cache bookkeeping: every change to a Principal's tail goes through these.

@@ -75,7 +75,7 @@ void expect_defaults(const Config& c) {
     EXPECT_EQ(c.ping_interval_ms, 30000);
     EXPECT_EQ(c.sync, SyncMode::normal);
     EXPECT_EQ(c.dedupe_window_s, 86400);
-    EXPECT_EQ(c.checkpoint_wal_bytes, 67108864);
+    EXPECT_EQ(c.checkpoint_wal_bytes, 268435456);
     EXPECT_EQ(c.log_level, LogLevel::info);
     EXPECT_EQ(c.presence_grace_ms, 5000);
     EXPECT_EQ(c.away_after_s, 300);
