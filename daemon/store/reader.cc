@@ -16,7 +16,7 @@ using detail::StmtGuard;
 
 namespace {
 
-enum ReadStmt { r_history_desc, r_history_asc, r_sent_one, r_copies, r_direct_senders, r_count };
+enum ReadStmt { r_history_desc, r_history_asc, r_sent_one, r_direct_senders, r_count };
 
 // History: ?1 pid, ?2..?3 the seq window (inclusive), ?4 filter (0 none, 1 peer, 2 group),
 // ?5 peer pid, ?6 own name, ?7 own pid, ?8 peer name or group address, ?9 row limit.
@@ -28,22 +28,33 @@ enum ReadStmt { r_history_desc, r_history_asc, r_sent_one, r_copies, r_direct_se
     "FROM log l JOIN messages m ON m.mid = l.mid JOIN principals p ON p.pid = m.sender "        \
     "WHERE l.pid = ?1 AND l.seq >= ?2 AND l.seq <= ?3 AND (?4 = 0 "                            \
     "OR (?4 = 1 AND ((m.sender = ?5 AND m.to_text = ?6) OR (m.sender = ?7 AND m.to_text = ?8 " \
-    "AND EXISTS (SELECT 1 FROM log x WHERE x.mid = m.mid AND x.pid = ?5)))) "                  \
+    "AND meshd_has_copy(m.copies, ?5)))) "                                                     \
     "OR (?4 = 2 AND m.to_text = ?8)) "                                                         \
     "ORDER BY l.seq " order " LIMIT ?9"
 
 const char* const read_sql[r_count] = {
     MESHD_HISTORY_SQL("DESC"),
     MESHD_HISTORY_SQL("ASC"),
-    "SELECT m.mid, m.sender, m.to_text FROM log l JOIN messages m ON m.mid = l.mid "
+    "SELECT m.mid, m.sender, m.to_text, m.copies FROM log l JOIN messages m ON m.mid = l.mid "
     "WHERE l.pid = ?1 AND l.seq = ?2",
-    "SELECT pid, seq FROM log WHERE mid = ?1",
     "SELECT m.sender, MAX(m.sender_seq) FROM log l JOIN messages m ON m.mid = l.mid "
     "WHERE l.pid = ?1 AND l.seq >= ?2 AND l.seq <= ?3 AND m.to_text = ?4 AND m.sender <> ?1 "
     "GROUP BY m.sender",
 };
 
 #undef MESHD_HISTORY_SQL
+
+// meshd_has_copy(copies, pid): does messages.copies ("pid:seq" pairs separated by spaces, or
+// NULL) list an entry in pid's log?
+void has_copy(sqlite3_context* ctx, int, sqlite3_value** argv) {
+    const auto* text = reinterpret_cast<const char*>(sqlite3_value_text(argv[0]));
+    int64_t pid = sqlite3_value_int64(argv[1]);
+    bool found = false;
+    if (text)
+        for_each_copy(std::string_view(text, static_cast<size_t>(sqlite3_value_bytes(argv[0]))),
+                      [&](int64_t p, int64_t) { found = found || p == pid; });
+    sqlite3_result_int(ctx, found ? 1 : 0);
+}
 
 } // namespace
 
@@ -141,39 +152,28 @@ core::Result<std::vector<SentMessage>> ReadConn::sent(int64_t pid, int64_t head,
                                                       std::span<const int64_t> seqs) {
     std::vector<SentMessage> out;
     sqlite3_stmt* one = stmts_[r_sent_one];
-    sqlite3_stmt* copies = stmts_[r_copies];
     for (int64_t seq : seqs) {
         if (seq < 1 || seq > head)
             continue;
         if (stopping_.load(std::memory_order_relaxed))
             return read_error("the log");
-        int64_t mid = 0;
         SentMessage m;
         m.seq = seq;
-        {
-            StmtGuard g(one);
-            sqlite3_bind_int64(one, 1, pid);
-            sqlite3_bind_int64(one, 2, seq);
-            int rc = sqlite3_step(one);
-            if (rc == SQLITE_DONE)
-                continue; // no such entry (any more)
-            if (rc != SQLITE_ROW)
-                return read_error("the log");
-            if (sqlite3_column_int64(one, 1) != pid)
-                continue; // received, not sent
-            mid = sqlite3_column_int64(one, 0);
-            m.to = std::string(column_text(one, 2));
-        }
-        StmtGuard g(copies);
-        sqlite3_bind_int64(copies, 1, mid);
-        int rc;
-        while ((rc = sqlite3_step(copies)) == SQLITE_ROW) {
-            int64_t other = sqlite3_column_int64(copies, 0);
-            if (other != pid)
-                m.copies.push_back({other, sqlite3_column_int64(copies, 1)});
-        }
-        if (rc != SQLITE_DONE)
+        StmtGuard g(one);
+        sqlite3_bind_int64(one, 1, pid);
+        sqlite3_bind_int64(one, 2, seq);
+        int rc = sqlite3_step(one);
+        if (rc == SQLITE_DONE)
+            continue; // no such entry (any more)
+        if (rc != SQLITE_ROW)
             return read_error("the log");
+        if (sqlite3_column_int64(one, 1) != pid)
+            continue; // received, not sent
+        m.to = std::string(column_text(one, 2));
+        for_each_copy(column_text(one, 3), [&](int64_t other, int64_t other_seq) {
+            if (other != pid)
+                m.copies.push_back({other, other_seq});
+        });
         out.push_back(std::move(m));
     }
     return out;
@@ -222,6 +222,16 @@ core::Result<std::unique_ptr<Reader>> Reader::open(uv_loop_t* loop, const std::s
         if (rc == SQLITE_OK)
             rc = sqlite3_exec(db, "PRAGMA query_only=1; PRAGMA busy_timeout=2000;", nullptr,
                               nullptr, nullptr);
+        if (rc != SQLITE_OK) {
+            std::string msg = sqlite_message(db);
+            sqlite3_close_v2(db);
+            return core::make_error("internal",
+                                    db_path + ": cannot open a reader connection: " + msg);
+        }
+        if (rc == SQLITE_OK)
+            rc = sqlite3_create_function(db, "meshd_has_copy", 2,
+                                         SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY,
+                                         nullptr, has_copy, nullptr, nullptr);
         if (rc != SQLITE_OK) {
             std::string msg = sqlite_message(db);
             sqlite3_close_v2(db);

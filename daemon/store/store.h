@@ -27,6 +27,7 @@
 #include "core/result.h"
 #include "core/uv_handle.h"
 
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -102,6 +103,7 @@ struct Principal {
     Principal* lru_newer = nullptr;   // the store's list of principals with a tail,
     Principal* lru_older = nullptr;   // most recently appended first
     bool in_batch = false;            // the open batch has moved head (store's undo list)
+    uint64_t append_mark = 0;         // the store's append that last listed it (duplicates)
     // device -> highest seq the device acknowledged ("ack upto").
     std::unordered_map<std::string, int64_t> cursors;
 
@@ -154,6 +156,27 @@ struct StoreOptions {
     int64_t retention_days = 0;
     int64_t max_log_entries = 0;
 };
+
+// messages.copies (schema 8): the log entries of a message other than its sender's, as
+// "pid:seq" pairs separated by single spaces. Calls fn(pid, seq) for each pair in order and
+// stops at the first one that is not well formed.
+template <class F> void for_each_copy(std::string_view text, F&& fn) {
+    const char* p = text.data();
+    const char* end = p + text.size();
+    while (p < end) {
+        int64_t pid = 0, seq = 0;
+        auto a = std::from_chars(p, end, pid);
+        if (a.ec != std::errc() || a.ptr == end || *a.ptr != ':')
+            return;
+        auto b = std::from_chars(a.ptr + 1, end, seq);
+        if (b.ec != std::errc())
+            return;
+        fn(pid, seq);
+        if (b.ptr == end || *b.ptr != ' ')
+            return;
+        p = b.ptr + 1;
+    }
+}
 
 struct AppendResult {
     int64_t sender_seq = 0; // the message's seq in the sender's log
@@ -441,6 +464,14 @@ class Store {
     size_t cache_used_ = 0;
     std::vector<int64_t> retention_round_; // pids left to visit in this round, last first
     std::vector<int64_t> retention_mids_;
+    // append(): its number, the recipients without duplicates, and messages.copies.
+    uint64_t append_no_ = 0;
+    std::vector<Principal*> unique_recipients_;
+    std::string copies_buf_;
+    // Takes `count` log entries' references off message mid and deletes the message when no
+    // entry references it any more (unless a queued task still needs it). In the open batch;
+    // `what` names the step when it fails.
+    core::Result<void> drop_reference(int64_t mid, int64_t count, const char* what);
     Principal* lru_newest_ = nullptr;
     Principal* lru_oldest_ = nullptr;
     sqlite3_stmt* stmt(int which) const { return stmts_[which]; }

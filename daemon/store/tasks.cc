@@ -19,7 +19,16 @@ using detail::StmtGuard;
 
 namespace {
 
-enum TaskStmt { t_insert, t_update, t_by_send, t_by_id, t_message, t_insert_log, t_count };
+enum TaskStmt {
+    t_insert,
+    t_update,
+    t_by_send,
+    t_by_id,
+    t_message,
+    t_insert_log,
+    t_add_copy,
+    t_count
+};
 
 constexpr const char* task_columns =
     "t.tid, t.sender, t.sender_seq, t.mid, t.skill, t.tracked, t.state, t.agent, t.agent_seq, "
@@ -39,6 +48,8 @@ const char* const task_sql[t_count] = {
     "t.former FROM tasks t WHERE t.tid = ?1",
     "SELECT to_text, ts, body, client_id, sender_seq, task FROM messages WHERE mid = ?1",
     "INSERT INTO log(pid, seq, mid) VALUES(?1, ?2, ?3)",
+    "UPDATE messages SET refs = refs + 1, "
+    "copies = CASE WHEN copies IS NULL THEN ?2 ELSE copies || ' ' || ?2 END WHERE mid = ?1",
 };
 
 Task task_from_row(sqlite3_stmt* s) {
@@ -371,6 +382,15 @@ core::Result<void> Store::assign_task(Task& t, Principal& agent, int64_t ts) {
         sqlite3_bind_int64(s, 1, agent.pid);
         sqlite3_bind_int64(s, 2, seq);
         sqlite3_bind_int64(s, 3, t.mid);
+        if (sqlite3_step(s) != SQLITE_DONE)
+            return fail_batch("append to log");
+    }
+    {
+        const std::string copy = std::to_string(agent.pid) + ':' + std::to_string(seq);
+        sqlite3_stmt* s = task_stmts_[t_add_copy];
+        StmtGuard g(s);
+        sqlite3_bind_int64(s, 1, t.mid);
+        bind_text(s, 2, copy);
         if (sqlite3_step(s) != SQLITE_DONE)
             return fail_batch("append to log");
     }

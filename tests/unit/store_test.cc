@@ -94,6 +94,16 @@ class RawDb {
         sqlite3_finalize(s);
         return v;
     }
+    // The single text a query returns, or "(none)".
+    std::string text(const std::string& sql) {
+        sqlite3_stmt* s = nullptr;
+        std::string v = "(none)";
+        if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &s, nullptr) == SQLITE_OK &&
+            sqlite3_step(s) == SQLITE_ROW && sqlite3_column_text(s, 0))
+            v = reinterpret_cast<const char*>(sqlite3_column_text(s, 0));
+        sqlite3_finalize(s);
+        return v;
+    }
 
   private:
     sqlite3* db_ = nullptr;
@@ -126,11 +136,12 @@ std::vector<std::string> names_of(const std::vector<Principal*>& ps) {
     return out;
 }
 
-// What migrations 4 to 7 (retention's log by message, the directory, read markers and
-// settings, tasks) added: dropped to fake an older store.
+// What migrations 4 to 8 (retention's log by message, the directory, read markers and
+// settings, tasks, references on the message row) left: dropped to fake an older store.
 constexpr const char* kDropNewerSchemas =
+    "ALTER TABLE messages DROP COLUMN refs; ALTER TABLE messages DROP COLUMN copies; "
     "DROP TABLE tasks; ALTER TABLE messages DROP COLUMN task; DROP TABLE read_markers; "
-    "DROP TABLE principal_settings; DROP TABLE profiles; DROP INDEX log_mid; ";
+    "DROP TABLE principal_settings; DROP TABLE profiles; ";
 
 const std::string kBusyMessage =
     "storage cannot take the write now (begin: database is locked); nothing was stored, "
@@ -1163,6 +1174,95 @@ TEST_F(StoreTest, DeleteAndReAddInOneBatch) {
 }
 
 // ---- reopen -------------------------------------------------------------------------------
+
+// A message row counts the log entries that reference it and lists the ones other than the
+// sender's (schema 8); a recipient listed twice gets one entry.
+TEST_F(StoreTest, MessageRowCountsItsReferencesAndListsItsCopies) {
+    open();
+    add_all({"alice", "bob", "carol"});
+    Principal* alice = p("alice");
+    Principal* bob = p("bob");
+    Principal* carol = p("carol");
+    send(carol, bob, body_n(1)); // seq 1 in both logs
+    Principal* team[] = {alice, bob, carol, bob};
+    auto r = store_->append(alice, "#team", team, body_n(2), "", kNow);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    send(alice, alice, body_n(3)); // to oneself: one entry, no copies
+    commit_ok();
+    expect_heads("bob", 2, 2);
+    RawDb raw(db_file());
+    EXPECT_EQ(raw.scalar("SELECT refs FROM messages WHERE mid = 2"), 3);
+    EXPECT_EQ(raw.text("SELECT copies FROM messages WHERE mid = 2"),
+              std::to_string(bob->pid) + ":2 " + std::to_string(carol->pid) + ":2");
+    EXPECT_EQ(raw.scalar("SELECT refs FROM messages WHERE mid = 3"), 1);
+    EXPECT_EQ(raw.scalar("SELECT copies IS NULL FROM messages WHERE mid = 3"), 1);
+}
+
+TEST(CopiesFormat, PairsUpToTheFirstMalformedOne) {
+    auto pairs = [](std::string_view text) {
+        std::vector<std::pair<int64_t, int64_t>> out;
+        for_each_copy(text, [&](int64_t pid, int64_t seq) { out.emplace_back(pid, seq); });
+        return out;
+    };
+    using Pairs = std::vector<std::pair<int64_t, int64_t>>;
+    EXPECT_EQ(pairs(""), Pairs{});
+    EXPECT_EQ(pairs("3:17"), (Pairs{{3, 17}}));
+    EXPECT_EQ(pairs("3:17 4:1"), (Pairs{{3, 17}, {4, 1}}));
+    EXPECT_EQ(pairs("3:17 x 4:1"), (Pairs{{3, 17}}));
+    EXPECT_EQ(pairs("3:"), Pairs{});
+    EXPECT_EQ(pairs("3"), Pairs{});
+    EXPECT_EQ(pairs("3:17,"), (Pairs{{3, 17}}));
+    EXPECT_EQ(pairs("99999999999999999999:1"), Pairs{});
+}
+
+// Deleting a principal takes its entries' references off the messages; a message no log
+// holds any more goes with the last of them.
+TEST_F(StoreTest, DeletingPrincipalsDropsTheirReferences) {
+    open();
+    add_all({"alice", "bob"});
+    send(p("alice"), p("bob"), body_n(1));
+    commit_ok();
+    ASSERT_TRUE(store_->delete_principal(p("alice")).ok());
+    commit_ok();
+    {
+        RawDb raw(db_file());
+        EXPECT_EQ(raw.scalar("SELECT refs FROM messages WHERE mid = 1"), 1); // bob's copy
+    }
+    EXPECT_EQ(seqs_of(page(*p("bob"))), std::vector<int64_t>{1});
+    ASSERT_TRUE(store_->delete_principal(p("bob")).ok());
+    commit_ok();
+    RawDb raw(db_file());
+    EXPECT_EQ(raw.scalar("SELECT count(*) FROM messages"), 0);
+}
+
+// Migration 8 fills refs and copies from the log and drops log(mid).
+TEST_F(StoreTest, SchemaSevenGetsReferencesFromItsLog) {
+    open();
+    add_all({"alice", "bob", "carol"});
+    Principal* team[] = {p("alice"), p("bob"), p("carol")};
+    ASSERT_TRUE(store_->append(p("alice"), "#team", team, body_n(1), "", kNow).ok());
+    send(p("bob"), p("alice"), body_n(2));
+    commit_ok();
+    const std::string bob = std::to_string(p("bob")->pid);
+    const std::string carol = std::to_string(p("carol")->pid);
+    store_.reset();
+    {
+        RawDb raw(db_file());
+        ASSERT_EQ(raw.exec("ALTER TABLE messages DROP COLUMN refs; "
+                           "ALTER TABLE messages DROP COLUMN copies; "
+                           "CREATE INDEX log_mid ON log(mid); PRAGMA user_version=7"),
+                  "");
+    }
+    open();
+    RawDb raw(db_file());
+    EXPECT_EQ(raw.scalar("PRAGMA user_version"), Store::schema_version());
+    EXPECT_EQ(raw.scalar("SELECT refs FROM messages WHERE mid = 1"), 3);
+    std::string copies = raw.text("SELECT copies FROM messages WHERE mid = 1");
+    EXPECT_TRUE(copies == bob + ":1 " + carol + ":1" || copies == carol + ":1 " + bob + ":1")
+        << copies;
+    EXPECT_EQ(raw.scalar("SELECT refs FROM messages WHERE mid = 2"), 2);
+    EXPECT_EQ(raw.scalar("SELECT count(*) FROM sqlite_schema WHERE name = 'log_mid'"), 0);
+}
 
 TEST_F(StoreTest, ReopenRestoresHeadsAndCursors) {
     open();
