@@ -4,6 +4,7 @@
 #include "store/wal_vfs.h"
 
 #include "core/clock.h"
+#include "core/json.h"
 #include "core/log.h"
 #include "store/sqlite_util.h"
 
@@ -1245,9 +1246,9 @@ core::Result<AppendResult> Store::append(Principal* sender, std::string_view to,
         unique_recipients_.push_back(r);
         if (!copies_buf_.empty())
             copies_buf_ += ' ';
-        copies_buf_ += std::to_string(r->pid);
+        core::json_append_int(copies_buf_, r->pid); // a JSON number is the decimal we want
         copies_buf_ += ':';
-        copies_buf_ += std::to_string(r->head + 1);
+        core::json_append_int(copies_buf_, r->head + 1);
     }
     int64_t mid = 0;
     {
